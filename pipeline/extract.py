@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.augment import ViewSpec, ViewsParams, augmented_view
 from pipeline.cache import ArraySpec, CacheWriter
 from pipeline.encoders import LoadedModel, RuntimeParams, autocast, encode_images
 from pipeline.imageio import load_rgb
@@ -79,6 +80,20 @@ class TileRows(ImageRows):
     def __getitem__(self, i: int) -> torch.Tensor:
         img = load_rgb(self.root / self.paths[i])
         return torch.stack([self.transform(v) for v in [img, *grid_crops(img, self.grid)]])
+
+
+class ViewRows(ImageRows):
+    """Row i -> [A, 3, H, W]: the image's A seeded augmented views (see :mod:`pipeline.augment`)."""
+
+    def __init__(self, root: Path, paths: list[str], ids: list[str], transform: Callable,
+                 size: tuple[int, int], spec: ViewSpec):
+        super().__init__(root, paths, transform)
+        self.ids, self.size, self.spec = ids, size, spec
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = load_rgb(self.root / self.paths[i])
+        return torch.stack([self.transform(augmented_view(img, self.size, self.spec, self.ids[i], v))
+                            for v in range(self.spec.n)])
 
 
 def grid_crops(img, grid: int) -> list:
@@ -150,23 +165,34 @@ def image_encoder(loaded: LoadedModel, blocks: tuple[int, ...]) -> EncodeFn:
     return lambda x: encode_images(loaded.model, x, blocks)
 
 
-def tile_encoder(loaded: LoadedModel) -> EncodeFn:
+def stacked_encoder(loaded: LoadedModel, name: str) -> EncodeFn:
+    """Encoder of rows that are stacks of images [B, T, 3, H, W] -> {name: [B, T, D]}."""
     def encode(x: torch.Tensor) -> dict[str, torch.Tensor]:
         b, t = x.shape[:2]
         emb = encode_images(loaded.model, x.flatten(0, 1))["cls"]
-        return {"tiles": emb.view(b, t, -1)}
+        return {name: emb.view(b, t, -1)}
     return encode
 
 
-def extract(kind: Literal["images", "tiles"], loaded: LoadedModel, cfg: ExtractParams | TilesParams,
-            runtime: RuntimeParams, ids: list[str], paths: list[str], root: Path, out: Path) -> int:
-    """Fill cache ``out`` with image (or tile) features of ``paths``; return shards written by this rank."""
+def input_size(loaded: LoadedModel) -> tuple[int, int]:
+    """The model's input (width, height), from its recorded preprocessing."""
+    height, width = loaded.identity["image_size"]
+    return int(width), int(height)
+
+
+def extract(kind: Literal["images", "tiles", "views"], loaded: LoadedModel,
+            cfg: ExtractParams | TilesParams | ViewsParams, runtime: RuntimeParams,
+            ids: list[str], paths: list[str], root: Path, out: Path) -> int:
+    """Fill cache ``out`` with image, tile or view features of ``paths``; return shards written by this rank."""
     if kind == "images":
         dataset: ImageRows = ImageRows(root, paths, loaded.preprocess)
         encode = image_encoder(loaded, cfg.token_blocks)  # type: ignore[union-attr]
-    else:
+    elif kind == "tiles":
         dataset = TileRows(root, paths, loaded.preprocess, cfg.grid)  # type: ignore[union-attr]
-        encode = tile_encoder(loaded)
+        encode = stacked_encoder(loaded, "tiles")
+    else:
+        dataset = ViewRows(root, paths, ids, loaded.preprocess, input_size(loaded), cfg.spec())  # type: ignore[union-attr]
+        encode = stacked_encoder(loaded, "views")
     identity = {**loaded.identity, "kind": kind, "precision": runtime.precision, **as_dict(cfg)}
     specs = probe_specs(encode, dataset[0], cfg.dtype, loaded.device)
     writer = CacheWriter(out, ids, specs, identity, cfg.rows_per_shard, cfg.rows_per_chunk)

@@ -112,6 +112,14 @@ def manifest_meta(table: pa.Table | pa.Schema) -> dict:
     return json.loads(raw)
 
 
+def split_ids(table: pa.Table, split: str, key: str = "split") -> set[str]:
+    """Ids of the manifest rows in ``split`` (``key`` names the param in the error)."""
+    splits = table.column("split").to_pylist()
+    if split not in splits:
+        raise ManifestError(f"{key}: no manifest row is in split '{split}' (splits: {sorted(set(splits))})")
+    return {sid for sid, s in zip(table.column("id").to_pylist(), splits) if s == split}
+
+
 def image_index(table: pa.Table, root: Path) -> pa.Table:
     """(id, path, sha256) of every manifest row: all that feature extraction depends on."""
     paths = table.column("path").to_pylist()

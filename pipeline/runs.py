@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +46,16 @@ class TaskData:
     labels: np.ndarray            # class index per row of ``features``
     split: np.ndarray             # split per row
     text: TextContext
+    views: FeatureCache | None = None              # augmented views of training rows, read per draw
+    transform: Callable[[np.ndarray], np.ndarray] | None = None  # feature correction (e.g. overlap)
+
+    def train_features(self, rows: np.ndarray) -> FeatureSet:
+        """Rows of a training draw, with their cached augmented views when a views cache is given."""
+        features = self.features.take(rows)
+        if self.views is None:
+            return features
+        views = self.views.read("views", features.ids)
+        return replace(features, views=self.transform(views) if self.transform else views)
 
     def rows(self, ids: list[str]) -> np.ndarray:
         pos = {sid: i for i, sid in enumerate(self.features.ids)}
@@ -63,9 +73,24 @@ def token_blocks_of(head: Any) -> tuple[str, ...]:
     return (block,) if block else ()
 
 
+def accepts_feature_correction(head: Any) -> bool:
+    """Heads that read only image embeddings opt in to a feature transform (overlap correction)."""
+    return bool(getattr(head, "accepts_feature_correction", False))
+
+
+def uses_views(head: Any) -> bool:
+    """Heads with ``use_views`` on read the views cache (Tip-Adapter keys, per-epoch augmentations)."""
+    return bool(head.get_params().get("use_views", False))
+
+
 def load_task(task: str, manifest: pa.Table, images: FeatureCache, text: TextContext,
-              tokens: tuple[str, ...] = ()) -> TaskData:
-    """Labelled rows of ``task`` with their cached features (joined by id)."""
+              tokens: tuple[str, ...] = (), views: FeatureCache | None = None,
+              transform: Callable[[np.ndarray], np.ndarray] | None = None) -> TaskData:
+    """Labelled rows of ``task`` with their cached features (joined by id).
+
+    ``transform`` maps [..., D] embeddings to corrected ones (the overlap
+    adapter); it is applied to the image embeddings and, per draw, to the views.
+    """
     meta = manifest_meta(manifest)["tasks"]
     if task not in meta:
         raise KeyError(f"train.tasks: '{task}' is not a task of the manifest ({sorted(meta)})")
@@ -78,10 +103,12 @@ def load_task(task: str, manifest: pa.Table, images: FeatureCache, text: TextCon
     keep = [i for i, v in enumerate(labels) if v is not None]
     ids = np.array(manifest.column("id").to_pylist(), dtype=object)[keep]
     index = {c: i for i, c in enumerate(classes)}
-    features = FeatureSet(ids=ids, cls=images.read("cls", ids),
+    cls = images.read("cls", ids)
+    features = FeatureSet(ids=ids, cls=transform(cls) if transform else cls,
                           tokens={b: images.read(b, ids) for b in tokens})
     split = np.array(manifest.column("split").to_pylist(), dtype=object)[keep]
-    return TaskData(task, classes, features, np.array([index[labels[i]] for i in keep]), split, text)
+    return TaskData(task, classes, features, np.array([index[labels[i]] for i in keep]), split, text,
+                    views, transform)
 
 
 def fit_and_predict(head: Any, data: TaskData, draws: pa.Table, shots: int | str, seed: int) -> tuple[Any, pa.Table]:
@@ -91,7 +118,7 @@ def fit_and_predict(head: Any, data: TaskData, draws: pa.Table, shots: int | str
     te = np.flatnonzero(data.split == "test")
     if "seed" in head.get_params():
         head.set_params(seed=seed)
-    head.fit(data.features.take(tr), data.labels[tr], text=data.text,
+    head.fit(data.train_features(tr), data.labels[tr], text=data.text,
              X_val=data.features.take(va), y_val=data.labels[va])
     tables = [_predictions(head, data, rows, subset, shots, seed) for subset, rows in (("val", va), ("test", te))]
     return head, pa.concat_tables(tables)

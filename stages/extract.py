@@ -1,4 +1,4 @@
-"""Stages `extract` (CLS embeddings + patch tokens) and `extract_tiles` (CDUL crops).
+"""Stages `extract` (CLS embeddings + patch tokens), `extract_tiles` (CDUL crops), `extract_views` (augmentations).
 
     python -m stages.extract images --index images.parquet --root DATA --out images.zarr
     torchrun --nproc_per_node=2 -m stages.extract images ...   # same arrays, shards split over ranks
@@ -10,6 +10,7 @@ import typer
 
 from pipeline import distributed
 from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_device
+from pipeline.augment import ViewsParams
 from pipeline.extract import ExtractParams, TilesParams, extract
 from pipeline.params import load_section
 from stages import setup_logging
@@ -22,14 +23,20 @@ OUT = typer.Option(..., help="zarr group to write")
 PARAMS = typer.Option(Path("params.yaml"), help="params file")
 
 
-def _run(kind: str, section: str, cfg_cls: type, index: Path, root: Path, out: Path, params: Path) -> None:
+def _run(kind: str, section: str, cfg_cls: type, index: Path, root: Path, out: Path, params: Path,
+         splits: Path | None = None) -> None:
     setup_logging()
     runtime = load_section(RuntimeParams, "runtime", params)
     cfg = load_section(cfg_cls, section, params)
     device = distributed.rank_device(resolve_device(runtime.device))
     loaded = load_model(load_section(ModelParams, "model", params), device)
     table = pq.read_table(index)
-    extract(kind, loaded, cfg, runtime, table.column("id").to_pylist(), table.column("path").to_pylist(), root, out)
+    ids, paths = table.column("id").to_pylist(), table.column("path").to_pylist()
+    if splits is not None and getattr(cfg, "split", None) is not None:
+        from pipeline.manifest import split_ids  # only the views stages depend on it
+        keep = split_ids(pq.read_table(splits), cfg.split, f"{section}.split")
+        ids, paths = map(list, zip(*[(i, p) for i, p in zip(ids, paths) if i in keep])) if keep else ([], [])
+    extract(kind, loaded, cfg, runtime, ids, paths, root, out)
     distributed.shutdown()
 
 
@@ -43,6 +50,15 @@ def images(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path
 def tiles(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path = PARAMS) -> None:
     """Embeddings of the whole image and its grid x grid crops: [N, 1 + grid^2, D]."""
     _run("tiles", "tiles", TilesParams, index, root, out, params)
+
+
+@app.command()
+def views(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path = PARAMS,
+          splits: Path = typer.Option(..., help="splits.parquet (id, split) from the prepare stage"),
+          section: str = typer.Option("views", help="params section (overlap.generic_views for the generic set)"),
+          ) -> None:
+    """Embeddings of n seeded augmented views of each image in the section's split: [N, n, D]."""
+    _run("views", section, ViewsParams, index, root, out, params, splits)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage `prepare`: dataset -> manifest.parquet, images.parquet, skipped.csv."""
+"""Stages `prepare` / `prepare_generic`: dataset -> manifest.parquet, images.parquet, splits.parquet, skipped.csv."""
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,17 +13,21 @@ from stages import setup_logging
 
 
 def main(
-    out_dir: Path = typer.Option(..., help="directory for manifest.parquet, images.parquet, skipped.csv"),
+    out_dir: Path = typer.Option(..., help="directory for manifest.parquet, images.parquet, splits.parquet, skipped.csv"),
     params: Path = typer.Option(Path("params.yaml"), help="params file"),
+    section: str = typer.Option("dataset", help="params section describing the dataset (generic: overlap's generic set)"),
 ) -> None:
     setup_logging()
-    dataset = load_section(DatasetParams, "dataset", params)
+    dataset = load_section(DatasetParams, section, params)
     table, skipped = build_manifest(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     # images.parquet holds only what extraction depends on (ids, paths, content hashes),
     # so a label edit never re-extracts while an edited image does.
     with atomic_path(out_dir / "images.parquet") as tmp:
         pq.write_table(image_index(table, Path(dataset.root)), tmp)
+    # splits.parquet: which rows are training rows, for the views stage (again without the labels).
+    with atomic_path(out_dir / "splits.parquet") as tmp:
+        pq.write_table(table.select(["id", "split"]).replace_schema_metadata(None), tmp)
     with atomic_path(out_dir / "manifest.parquet") as tmp:
         pq.write_table(table, tmp)
     report = pa.table({k: pa.array([s[k] for s in skipped], pa.string()) for k in ("source", "path", "reason")})

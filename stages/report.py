@@ -5,7 +5,9 @@
         --out-dir reports/<dataset>/<model> --params params.yaml
 
 Heads are ``report.heads`` or else ``train.heads``; ``--cdul``, ``--images`` and
-``--manifest`` are optional (their sections then say they are absent).
+``--manifest`` are optional (their sections then say they are absent). With
+``--overlap-adapter`` the overlap is also measured on corrected features and
+the ``<head>_oc`` evaluations of ``overlap.heads`` are set against their plain runs.
 """
 import logging
 from pathlib import Path
@@ -16,6 +18,7 @@ import typer
 from pipeline.params import load_section, read_params
 from pipeline.report import ReportParams
 from pipeline.report.build import build_report, write_report
+from pipeline.report.correction import SUFFIX, CorrectionInputs, pair_heads
 from pipeline.report.inputs import cache_identity, load_cdul, load_heads, overlap_inputs
 from pipeline.report.overlap import task_overlap
 from pipeline.runs import TrainParams
@@ -30,6 +33,7 @@ def main(
     cdul: Optional[Path] = typer.Option(None, help="cdul/<dataset>/<model> directory (optional)"),
     images: Optional[Path] = typer.Option(None, help="images.zarr: cache identity and overlap figure (optional)"),
     manifest: Optional[Path] = typer.Option(None, help="manifest.parquet: labels for the overlap figure (optional)"),
+    overlap_adapter: Optional[Path] = typer.Option(None, help="overlap-correction adapter (optional)"),
     params: Path = typer.Option(Path("params.yaml"), help="params file"),
 ) -> None:
     setup_logging()
@@ -46,12 +50,36 @@ def main(
                                     max_pairs=cfg.overlap_max_pairs, seed=cfg.seed))
         log.info("overlap %s: %.3f (%d images)", task, results[-1].overlap, len(labels))
 
+    correction = None
+    if overlap_adapter is not None and by_task:
+        correction = _correction(overlap_adapter, by_task, results, heads, evaluation, run_params, cfg)
+
     name = run_params.get("dataset", {}).get("name", "?")
     tag = run_params.get("model", {}).get("tag", "?")
-    report = build_report(heads, cfg, tasks=train.tasks, cdul=load_cdul(cdul), overlap=results,
+    report = build_report(heads, cfg, tasks=train.tasks, cdul=load_cdul(cdul), overlap=results, correction=correction,
                           run_params=run_params, identity=cache_identity(images),
                           title=f"clipcache report: {name} / {tag}")
     write_report(report, out_dir)
+
+
+def _correction(adapter_path: Path, by_task: dict, before: list, heads: list, evaluation: Path,
+                run_params: dict, cfg: ReportParams) -> CorrectionInputs:
+    """Overlap on corrected features, and each plain head paired with its evaluated ``<head>_oc``."""
+    from pipeline.overlap_correction.artifact import load_correction, read_meta
+
+    transform = load_correction(adapter_path)
+    after = []
+    for r in before:
+        feats, labels = by_task[r.task]
+        after.append(task_overlap(r.task, transform(feats), labels, bins=cfg.overlap_bins,
+                                  max_pairs=cfg.overlap_max_pairs, seed=cfg.seed))
+        log.info("overlap %s after correction: %.3f (before %.3f)", r.task, after[-1].overlap, r.overlap)
+    names = [f"{h}{SUFFIX}" for h in run_params.get("overlap", {}).get("heads", [])]
+    plain = {h.head: h for h in heads}
+    missing = [n.removesuffix(SUFFIX) for n in names if n.removesuffix(SUFFIX) not in plain]
+    plain.update({h.head: h for h in load_heads(evaluation, missing)})
+    pairs = pair_heads(list(plain.values()), load_heads(evaluation, names))
+    return CorrectionInputs(before=before, after=after, pairs=pairs, adapter=read_meta(adapter_path))
 
 
 if __name__ == "__main__":

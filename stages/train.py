@@ -1,6 +1,12 @@
-"""Stage `train@<head>`: fit one head for every task x shots x seed on cached features."""
+"""Stages `train@<head>` and `train_oc@<head>`: fit one head for every task x shots x seed on cached features.
+
+With ``--overlap-adapter`` (stage ``train_oc``) the image embeddings and views
+pass through the overlap-correcting adapter first; only heads that read image
+embeddings alone accept it (zero_shot, tip_adapter, tip_adapter_f).
+"""
 import json
 from pathlib import Path
+from typing import Optional
 
 import pyarrow.parquet as pq
 import torch
@@ -10,8 +16,8 @@ from pipeline.cache import FeatureCache
 from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_device, weights_identity
 from pipeline.params import load_section, read_params
 from pipeline.heads import make_head
-from pipeline.runs import (TrainParams, fit_and_predict, load_task, needs_text_tower, save_head, token_blocks_of,
-                           write_predictions)
+from pipeline.runs import (TrainParams, accepts_feature_correction, fit_and_predict, load_task, needs_text_tower,
+                           save_head, token_blocks_of, uses_views, write_predictions)
 from pipeline.text import read_text
 from pipeline.files import atomic_path
 from stages import setup_logging
@@ -23,6 +29,8 @@ def main(
     fewshot: Path = typer.Option(..., help="fewshot.parquet"),
     images: Path = typer.Option(..., help="images.zarr feature cache"),
     text: Path = typer.Option(..., help="text.zarr"),
+    views: Optional[Path] = typer.Option(None, help="views.zarr: augmented views of training rows (optional)"),
+    overlap_adapter: Optional[Path] = typer.Option(None, help="overlap-correction adapter to apply (optional)"),
     out_dir: Path = typer.Option(..., help="directory for predictions, fitted heads, fit stats"),
     params: Path = typer.Option(Path("params.yaml"), help="params file"),
 ) -> None:
@@ -36,6 +44,14 @@ def main(
     prototype = make_head(head, head_params or {})
     expect = weights_identity(model_params)
     cache = FeatureCache(images, expect=expect)
+    view_cache = FeatureCache(views, expect=expect) if views is not None and uses_views(prototype) else None
+    transform = None
+    if overlap_adapter is not None:
+        if not accepts_feature_correction(prototype):
+            raise typer.BadParameter(f"head '{head}' does not accept a feature correction "
+                                     "(overlap.heads may list zero_shot, tip_adapter, tip_adapter_f)")
+        from pipeline.overlap_correction.artifact import load_correction  # only train_oc depends on it
+        transform = load_correction(overlap_adapter, expect=expect)
     table, draws = pq.read_table(manifest), pq.read_table(fewshot)
     tower = None
     if needs_text_tower(prototype):
@@ -45,7 +61,7 @@ def main(
         ctx = read_text(text, task, expect=expect)
         if tower is not None:
             ctx = type(ctx)(**{**ctx.__dict__, "model": tower.model, "tokenizer": tower.tokenizer})
-        data = load_task(task, table, cache, ctx, token_blocks_of(prototype))
+        data = load_task(task, table, cache, ctx, token_blocks_of(prototype), view_cache, transform)
         for shots in train.shots:
             for seed in train.seeds:
                 fitted, preds = fit_and_predict(make_head(head, head_params or {}), data, draws, shots, seed)

@@ -413,3 +413,65 @@ def test_a_head_missing_a_task_shows_a_dash_and_is_never_best(inputs):
     assert beta[2].text == MISSING and not beta[2].bold and beta[3].text == MISSING
     alpha = next(r for r in table.rows if r[0].text == "alpha")
     assert alpha[2].bold and alpha[3].bold  # the only head with a t2 value and a mean
+
+
+# --------------------------------------------------------------------------- overlap correction
+
+
+def test_correction_section_pairs_heads_and_overlap(inputs):
+    from pipeline.report.correction import CorrectionInputs, pair_heads
+    from pipeline.report.tables import metric_at
+
+    # "alpha_oc" is alpha rerun on corrected features; here it is beta's evaluation under that name.
+    src = inputs / "evaluation" / "beta"
+    dst = inputs / "evaluation" / "alpha_oc"
+    dst.mkdir()
+    for name in ("metrics.json", "details.json"):
+        (dst / name).write_text((src / name).read_text())
+    params = _params()
+    heads = load_heads(inputs / "evaluation", HEADS)
+    feats = _overlap_features()
+    before = [task_overlap(t, f, y, bins=params.overlap_bins) for t, (f, y) in feats.items()]
+    # "after": t2's labels now follow the feature clusters, so its overlap drops
+    after = [before[0], task_overlap("t2", feats["t1"][0], feats["t1"][1], bins=params.overlap_bins)]
+    pairs = pair_heads(heads, load_heads(inputs / "evaluation", ["alpha_oc"]))
+    assert [(a.head, b.head) for a, b in pairs] == [("alpha", "alpha_oc")]
+    report = build_report(heads, params, tasks=list(TASKS), overlap=before,
+                          correction=CorrectionInputs(before, after, pairs, {"mode": "supervised"}))
+    out = inputs / "out"
+    write_report(report, out)
+    html = (out / "report.html").read_text()
+    tables = _tables(html)
+    rows = {r[0][0]: r for r in tables["table-overlap-correction"]}
+    assert rows["t2"][1][0] == f"{before[1].overlap:.3f}" and rows["t2"][2] == (f"{after[1].overlap:.3f}", True)
+    assert 'id="fig-overlap_corrected"' in html
+    beta = load_heads(inputs / "evaluation", ["beta"])[0]
+    for row in tables["table-correction-accuracy"]:
+        head, task, shots, without, with_, change = (c[0] for c in row)
+        a, b = metric_at(heads[0], task, shots, "accuracy"), metric_at(beta, task, shots, "accuracy")
+        assert head == "alpha" and without == f"{a[0]:.3f} ± {a[1]:.3f}" and with_ == f"{b[0]:.3f} ± {b[1]:.3f}"
+        assert change == f"{b[0] - a[0]:+.3f}"
+    assert len(tables["table-correction-accuracy"]) == len(TASKS) * len(SHOTS)
+    metrics = json.loads((out / "overlap.json").read_text())
+    assert metrics["t2"]["corrected"]["overlap"] == round(after[1].overlap, 4)
+
+
+def test_stage_applies_the_adapter_file(inputs, tmp_path):
+    """An identity adapter (0 epochs) leaves the overlap unchanged; its identity must match the model."""
+    import torch
+    from pipeline.cache import CacheMismatchError
+    from pipeline.overlap_correction import OverlapAdapterParams, fit_adapter
+    from pipeline.overlap_correction.artifact import describe, load_correction, read_meta, save_artifact
+
+    views = np.random.default_rng(0).standard_normal((6, 2, 8)).astype(np.float32)
+    ids = np.array([f"g{i}" for i in range(6)], dtype=object)
+    fitted = fit_adapter(views, None, ids, OverlapAdapterParams(mode="unsupervised", epochs=0, device="cpu"))
+    path = tmp_path / "adapter.pt"
+    save_artifact(fitted, path, identity={"model": "m", "weights": "sha256:1"}, generic={"cache": "g", "task": None})
+    assert json.loads(path.with_suffix(".json").read_text()) == describe(read_meta(path))
+    x = _overlap_features()["t1"][0].astype(np.float32)
+    transform = load_correction(path, expect={"weights": "sha256:1"})
+    np.testing.assert_allclose(transform(x), x / np.linalg.norm(x, axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(CacheMismatchError, match="'weights'"):
+        load_correction(path, expect={"weights": "sha256:2"})
+    assert torch.load(path, weights_only=True)["meta"]["identity"]["model"] == "m"

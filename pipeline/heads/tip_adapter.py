@@ -90,6 +90,9 @@ def search_alpha_beta(clip_logits: torch.Tensor, affinity: torch.Tensor, values:
 class TipAdapterHead(BaseHead):
     """Training-free cache model; alpha / beta searched on validation rows."""
 
+    #: reads only image embeddings (and views), so an overlap-correcting feature transform applies
+    accepts_feature_correction = True
+
     def __init__(self, *, init_alpha: float = REF_INIT_ALPHA, init_beta: float = REF_INIT_BETA,
                  search_scale: tuple[float, float] = REF_SEARCH_SCALE,
                  search_step: tuple[int, int] = REF_SEARCH_STEP, use_views: bool = True,

@@ -65,6 +65,8 @@ class TipAdapterFHead(TorchHead):
     """Tip-Adapter with fine-tuned cache keys."""
 
     adam_eps: ClassVar[float] = 1e-4
+    #: reads only image embeddings (and views), so an overlap-correcting feature transform applies
+    accepts_feature_correction: ClassVar[bool] = True
 
     def __init__(self, *, init_alpha: float = REF_INIT_ALPHA, init_beta: float = REF_INIT_BETA,
                  search_scale: tuple[float, float] = REF_SEARCH_SCALE,

@@ -17,6 +17,9 @@ from pipeline.heads.base import BaseHead, l2_normalise, text_classifier
 class ZeroShotHead(BaseHead):
     """Cosine similarity to the class text embeddings, times logit_scale."""
 
+    #: reads only image embeddings (and views), so an overlap-correcting feature transform applies
+    accepts_feature_correction = True
+
     def __init__(self, *, template: int | None = None) -> None:
         self.template = template
 

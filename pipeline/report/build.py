@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.files import atomic_path
 from pipeline.report import ReportParams, figures
+from pipeline.report.correction import CorrectionInputs, overlap_change_table, with_without_table
 from pipeline.report.inputs import CdulResults, HeadEval
 from pipeline.report.overlap import OverlapResult
 from pipeline.report.tables import (Cell, Table, best_heads, cdul_tables, choose_shots, comparison_table,
@@ -114,8 +115,31 @@ def _overlap_section(results: Sequence[OverlapResult] | None, params: ReportPara
     return Section("overlap", "Intra-modal overlap", (Text(intro), fig, table))
 
 
+def _correction_section(inputs: CorrectionInputs | None, tasks: list[str], params: ReportParams) -> Section:
+    title = "Overlap correction"
+    if inputs is None:
+        return Section("correction", title, (Text("No overlap-correction adapter given: section not computed."),))
+    meta = ", ".join(f"{k}: {v}" for k, v in inputs.adapter.items())
+    blocks: list[Block] = [
+        Text("A residual adapter trained on a generic image set (disjoint from this task) maps every cached "
+             "image embedding; the training-free heads are rerun on the corrected features "
+             f"(zero-shot is the control). Adapter: {meta}."),
+        overlap_change_table(inputs.before, inputs.after),
+    ]
+    if inputs.after:
+        blocks.append(Figure("overlap_corrected", "Same-class vs different-class similarity after the correction",
+                             figures.overlap_histograms(inputs.after, params.overlap_split)))
+    if inputs.pairs:
+        order = list(dict.fromkeys((params.headline, "macro_f1")))
+        blocks += [with_without_table(inputs.pairs, tasks, m) for m in order]
+    else:
+        blocks.append(Text("No evaluated <head>_oc runs found (overlap.heads)."))
+    return Section("correction", title, tuple(blocks))
+
+
 def build_report(heads: Sequence[HeadEval], params: ReportParams, *, tasks: Sequence[str] = (),
                  cdul: CdulResults | None = None, overlap: Sequence[OverlapResult] | None = None,
+                 correction: CorrectionInputs | None = None,
                  run_params: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
                  title: str = "clipcache report") -> Report:
     """Every section of the report from loaded inputs (no file access)."""
@@ -141,6 +165,7 @@ def build_report(heads: Sequence[HeadEval], params: ReportParams, *, tasks: Sequ
         Section("cdul", "CDUL (unsupervised multi-label)",
                 tuple(cdul_tables(cdul)) or (Text("No CDUL outputs found."),)),
         _overlap_section(overlap, params),
+        _correction_section(correction, task_list, params),
     ]
     run_blocks: list[Block] = []
     if (ident := identity_table(identity)) is not None:
@@ -150,6 +175,8 @@ def build_report(heads: Sequence[HeadEval], params: ReportParams, *, tasks: Sequ
     sections.append(Section("params", "Run parameters and cache identity",
                             tuple(run_blocks) or (Text("No params or cache identity given."),)))
     metrics = {r.task: r.summary() for r in overlap or ()}
+    for r in correction.after if correction else ():
+        metrics.setdefault(r.task, {})["corrected"] = r.summary()
     return Report(title=title, sections=tuple(sections), results=long_table(heads), metrics=metrics)
 
 

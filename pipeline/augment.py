@@ -1,0 +1,121 @@
+"""Seeded augmented views of an image: random resized crop + horizontal flip.
+
+Tip-Adapter's reference builds its cache keys from 10 passes over the
+few-shot images with ``RandomResizedCrop(size, scale=(0.5, 1), BICUBIC)`` and
+``RandomHorizontalFlip(p=0.5)``; CoOp and CLIP-Adapter train with the same
+kind of augmentation. The views stage runs the encoder once over A such views
+per image and caches them, so no head ever re-augments.
+
+The crop box follows torchvision's ``RandomResizedCrop.get_params`` (area
+fraction uniform in ``scale``, log aspect ratio uniform in ``ratio``, ten
+tries, then a centre crop clamped to ``ratio``), but every random number comes
+from a generator seeded by ``(seed, sample id, view index)``. A view's pixels
+therefore do not depend on batch size, worker count, rank or how often an
+extraction was interrupted and resumed.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[int, int, int, int]  # left, top, width, height
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How views are drawn (the augmentation part of the ``views`` params section)."""
+
+    n: int = 10
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"views.n must be >= 1, got {self.n}")
+        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"views.scale must be [min, max] with 0 < min <= max <= 1, got {list(self.scale)}")
+        if len(self.ratio) != 2 or not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"views.ratio must be [min, max] with 0 < min <= max, got {list(self.ratio)}")
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"views.flip must be in [0, 1], got {self.flip}")
+
+
+@dataclass(frozen=True)
+class ViewsParams:
+    """The ``views`` section: A augmented views per image of one split (Tip-Adapter keys, training).
+
+    split: manifest split whose rows get views (``train``: the only rows any
+        head fits on); null = every row.
+    n, scale, ratio, flip, seed: see :class:`pipeline.augment.ViewSpec`.
+    """
+
+    split: str | None = "train"
+    n: int = 10
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    seed: int = 0
+    dtype: Literal["float16", "float32"] = "float16"
+    rows_per_shard: int = 256
+    rows_per_chunk: int = 32
+
+    def __post_init__(self) -> None:
+        self.spec()  # validates the augmentation fields
+
+    def spec(self) -> ViewSpec:
+        return ViewSpec(self.n, tuple(self.scale), tuple(self.ratio), self.flip, self.seed)  # type: ignore[arg-type]
+
+
+def view_rng(seed: int, sample_id: str, view: int) -> np.random.Generator:
+    """The generator of one view: a function of (seed, id, view index) only."""
+    key = int.from_bytes(hashlib.sha256(str(sample_id).encode()).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence([seed, key, view]))
+
+
+def crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
+             rng: np.random.Generator) -> Box:
+    """A random crop box with torchvision's ``RandomResizedCrop`` sampling rule."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    # Fallback (as torchvision): the whole image, cut to the nearest allowed aspect ratio.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def augmented_view(img: Image.Image, size: tuple[int, int], spec: ViewSpec, sample_id: str,
+                   view: int) -> Image.Image:
+    """View ``view`` of ``img``: crop, resize to ``size`` (W, H) with bicubic, maybe flip.
+
+    Like the reference, the crop is resized straight to the model's input
+    size (its aspect ratio is not preserved), so the model's own resize and
+    centre crop afterwards leave it unchanged.
+    """
+    rng = view_rng(spec.seed, sample_id, view)
+    left, top, w, h = crop_box(img.width, img.height, spec.scale, spec.ratio, rng)
+    out = img.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+    if rng.random() < spec.flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return out
+
+
+__all__ = ["ViewSpec", "ViewsParams", "view_rng", "crop_box", "augmented_view"]

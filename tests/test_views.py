@@ -1,0 +1,117 @@
+"""Augmented views: the crop sampler, seeded determinism, the views cache and its stage."""
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.augment import ViewSpec, augmented_view, crop_box, view_rng
+from pipeline.cache import FeatureCache
+from pipeline.encoders import ModelParams, RuntimeParams, load_model
+from pipeline.augment import ViewsParams
+from pipeline.extract import extract
+from pipeline.imageio import load_rgb
+from pipeline.manifest import DatasetParams, TaskSpec, build_manifest
+from tests.conftest import REPO
+
+RUNTIME = RuntimeParams(device="cpu", precision="fp32", batch_size=3, num_workers=0)
+CFG = ViewsParams(split=None, n=3, dtype="float32", rows_per_shard=8, rows_per_chunk=4)
+
+
+def test_crop_boxes_respect_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        left, top, w, h = crop_box(120, 80, (0.3, 0.9), (0.75, 4 / 3), rng)
+        assert 0 <= left and left + w <= 120 and 0 <= top and top + h <= 80
+        # Rounding to whole pixels moves area and ratio only a little past the sampled range.
+        assert 0.3 * 0.95 <= w * h / (120 * 80) <= 0.9 * 1.05
+        assert 0.75 * 0.95 <= w / h <= 4 / 3 * 1.05
+
+
+def test_crop_box_falls_back_to_a_centre_crop():
+    # A scale of 1 with ratio 1 cannot fit a 100x20 image: torchvision's fallback cuts to the nearest ratio.
+    assert crop_box(100, 20, (1.0, 1.0), (1.0, 1.0), np.random.default_rng(0)) == (40, 0, 20, 20)
+
+
+def test_views_are_a_function_of_seed_id_and_view_only():
+    a = view_rng(0, "img-1", 2).random(4)
+    assert np.array_equal(a, view_rng(0, "img-1", 2).random(4))
+    for other in (view_rng(1, "img-1", 2), view_rng(0, "img-2", 2), view_rng(0, "img-1", 3)):
+        assert not np.array_equal(a, other.random(4))
+
+
+def test_full_crop_view_is_the_resized_image_and_flip_mirrors_it():
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    keep = ViewSpec(n=1, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)
+    want = np.asarray(img.resize((16, 16), Image.Resampling.BICUBIC))
+    assert np.array_equal(np.asarray(augmented_view(img, (16, 16), keep, "x", 0)), want)
+    mirrored = ViewSpec(n=1, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=1.0)
+    assert np.array_equal(np.asarray(augmented_view(img, (16, 16), mirrored, "x", 0)), want[:, ::-1])
+
+
+def test_view_params_are_validated():
+    with pytest.raises(ValueError, match="views.scale"):
+        ViewsParams(scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="views.n"):
+        ViewsParams(n=0)
+
+
+@pytest.fixture
+def rows(folder_dataset):
+    table = build_manifest(DatasetParams(name="t", root=str(folder_dataset), layout="folders",
+                                         tasks={"daytime": TaskSpec(type="single")}))[0]
+    return table.column("id").to_pylist(), table.column("path").to_pylist(), folder_dataset
+
+
+def test_views_cache_holds_each_rows_augmented_views(micro_model, rows, tmp_path):
+    loaded = load_model(ModelParams(**micro_model))
+    ids, paths, root = rows
+    extract("views", loaded, CFG, RUNTIME, ids, paths, root, tmp_path / "views.zarr")
+    cache = FeatureCache(tmp_path / "views.zarr", expect={"kind": "views", "n": 3, "seed": 0})
+    got = cache.read("views", [ids[7], ids[2]])
+    assert got.shape == (2, 3, 32)
+    spec = CFG.spec()
+    x = torch.stack([loaded.preprocess(augmented_view(load_rgb(root / paths[i]), (64, 64), spec, ids[i], v))
+                     for i in (7, 2) for v in range(3)])
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1).numpy().reshape(2, 3, 32)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got[:, 0], got[:, 1])  # the views differ from each other
+    # Another batch size gives the same arrays: views depend on (seed, id, view) only.
+    other = RuntimeParams(device="cpu", precision="fp32", batch_size=5, num_workers=0)
+    extract("views", loaded, CFG, other, ids, paths, root, tmp_path / "again.zarr")
+    np.testing.assert_array_equal(FeatureCache(tmp_path / "again.zarr").read("views"), cache.read("views"))
+
+
+def test_stage_keeps_only_the_configured_split(micro_model, folder_dataset, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "dataset": {"name": "t", "root": str(folder_dataset), "layout": "folders",
+                    "tasks": {"daytime": {"type": "single"}}},
+        "model": micro_model,
+        "runtime": {"device": "cpu", "precision": "fp32", "batch_size": 4, "num_workers": 0},
+        "views": {"split": "train", "n": 2, "scale": [0.5, 1.0], "ratio": [0.75, 1.3333], "flip": 0.5, "seed": 0,
+                  "dtype": "float16", "rows_per_shard": 8, "rows_per_chunk": 4},
+    }))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    prep = tmp_path / "prep"
+    subprocess.run([sys.executable, "-m", "stages.prepare", "--out-dir", str(prep), "--params", str(params)],
+                   check=True, cwd=REPO, env=env)
+    subprocess.run([sys.executable, "-m", "stages.extract", "views", "--index", str(prep / "images.parquet"),
+                    "--splits", str(prep / "splits.parquet"), "--root", str(folder_dataset),
+                    "--out", str(tmp_path / "views.zarr"), "--params", str(params)], check=True, cwd=REPO, env=env)
+    manifest = pq.read_table(prep / "manifest.parquet")
+    train = [i for i, s in zip(manifest.column("id").to_pylist(), manifest.column("split").to_pylist())
+             if s == "train"]
+    cache = FeatureCache(tmp_path / "views.zarr", expect={"split": "train"})
+    assert sorted(cache.ids) == sorted(train) and 0 < len(train) < manifest.num_rows
+    assert cache.read("views").shape == (len(train), 2, 32)
+    assert math.isclose(float(np.linalg.norm(cache.read("views")[0, 1])), 1.0, abs_tol=1e-2)
