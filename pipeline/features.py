@@ -24,6 +24,11 @@ class FeatureSet:
     tiles:  optional [N, 1 + g*g, D] normalised embeddings of the whole image
             followed by its g x g crops (CDUL).
     views:  optional [N, A, D] normalised embeddings of augmented views.
+    corrected, corrected_views: optional overlap-corrected versions of ``cls``
+            and ``views`` (:mod:`pipeline.overlap_correction`). Heads that
+            compare images with images (Tip-Adapter's affinities) use them
+            there and keep ``cls`` for the image-text logits, as the
+            correction's reference code does.
     """
 
     ids: np.ndarray
@@ -31,10 +36,13 @@ class FeatureSet:
     tokens: dict[str, np.ndarray] = field(default_factory=dict)
     tiles: np.ndarray | None = None
     views: np.ndarray | None = None
+    corrected: np.ndarray | None = None
+    corrected_views: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         for name, arr in [("cls", self.cls), ("tiles", self.tiles), ("views", self.views),
+                          ("corrected", self.corrected), ("corrected_views", self.corrected_views),
                           *[(f"tokens[{k}]", v) for k, v in self.tokens.items()]]:
             if arr is not None and len(arr) != n:
                 raise ValueError(f"FeatureSet.{name} has {len(arr)} rows, ids has {n}")
@@ -50,6 +58,8 @@ class FeatureSet:
             tokens={k: v[index] for k, v in self.tokens.items()},
             tiles=None if self.tiles is None else self.tiles[index],
             views=None if self.views is None else self.views[index],
+            corrected=None if self.corrected is None else self.corrected[index],
+            corrected_views=None if self.corrected_views is None else self.corrected_views[index],
         )
 
 

@@ -47,7 +47,7 @@ class TaskData:
     split: np.ndarray             # split per row
     text: TextContext
     views: FeatureCache | None = None              # augmented views of training rows, read per draw
-    transform: Callable[[np.ndarray], np.ndarray] | None = None  # feature correction (e.g. overlap)
+    transform: Callable[[np.ndarray], np.ndarray] | None = None  # overlap correction of image embeddings
 
     def train_features(self, rows: np.ndarray) -> FeatureSet:
         """Rows of a training draw, with their cached augmented views when a views cache is given."""
@@ -55,7 +55,7 @@ class TaskData:
         if self.views is None:
             return features
         views = self.views.read("views", features.ids)
-        return replace(features, views=self.transform(views) if self.transform else views)
+        return replace(features, views=views, corrected_views=self.transform(views) if self.transform else None)
 
     def rows(self, ids: list[str]) -> np.ndarray:
         pos = {sid: i for i, sid in enumerate(self.features.ids)}
@@ -89,7 +89,8 @@ def load_task(task: str, manifest: pa.Table, images: FeatureCache, text: TextCon
     """Labelled rows of ``task`` with their cached features (joined by id).
 
     ``transform`` maps [..., D] embeddings to corrected ones (the overlap
-    adapter); it is applied to the image embeddings and, per draw, to the views.
+    adapter); its output goes beside the image embeddings (``corrected``) and,
+    per draw, beside the views (``corrected_views``).
     """
     meta = manifest_meta(manifest)["tasks"]
     if task not in meta:
@@ -104,8 +105,8 @@ def load_task(task: str, manifest: pa.Table, images: FeatureCache, text: TextCon
     ids = np.array(manifest.column("id").to_pylist(), dtype=object)[keep]
     index = {c: i for i, c in enumerate(classes)}
     cls = images.read("cls", ids)
-    features = FeatureSet(ids=ids, cls=transform(cls) if transform else cls,
-                          tokens={b: images.read(b, ids) for b in tokens})
+    features = FeatureSet(ids=ids, cls=cls, tokens={b: images.read(b, ids) for b in tokens},
+                          corrected=transform(cls) if transform else None)
     split = np.array(manifest.column("split").to_pylist(), dtype=object)[keep]
     return TaskData(task, classes, features, np.array([index[labels[i]] for i in keep]), split, text,
                     views, transform)

@@ -160,6 +160,28 @@ def test_tip_adapter_logits(task, fitted):
                                rtol=1e-4, atol=1e-6)
 
 
+def _corrected(X, rotation: np.ndarray):
+    """X with a made-up 'overlap correction': a fixed rotation of cls and views."""
+    from dataclasses import replace
+    return replace(X, corrected=(X.cls @ rotation).astype(np.float32),
+                   corrected_views=None if X.views is None else (X.views @ rotation).astype(np.float32))
+
+
+def test_tip_adapter_with_correction_uses_it_for_affinities_only(task, fitted):
+    """Reference (IMO run.py): clip logits from the original features, affinity from the corrected ones."""
+    rotation = np.linalg.qr(np.random.default_rng(5).standard_normal((task.test.cls.shape[1],) * 2))[0]
+    train, test = _corrected(task.train, rotation), _corrected(task.test, rotation)
+    head = clone(fitted["tip_adapter"]).fit(train, task.y_train, text=task.text)
+    keys = normalise(train.corrected_views.astype(np.float64).mean(axis=1))
+    f, g = test.cls.astype(np.float64), test.corrected.astype(np.float64)
+    logits = LOGIT_SCALE * f @ ensemble_weights(task.text).T + 1.17 * np.exp(-(1 - g @ keys.T)) @ np.eye(4)[task.y_train]
+    np.testing.assert_allclose(head.predict_proba(test), softmax(logits), rtol=1e-4, atol=1e-6)
+    # zero-shot, the control, scores the corrected embedding itself
+    zs = ZeroShotHead().fit(train, task.y_train, text=task.text)
+    np.testing.assert_allclose(zs.predict_proba(test), softmax(LOGIT_SCALE * g @ ensemble_weights(task.text).T),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_tip_adapter_search_follows_reference_grid(task):
     assert search_grid(7, 200)[:3] == pytest.approx([0.1, 0.1345, 0.169])
     assert len(search_grid(7, 200)) == 200 and max(search_grid(3, 20)) < 3

@@ -26,6 +26,12 @@ Deviations:
   and re-normalised (``X.cls`` when there are no views or ``use_views=False``).
 * The reference also prints test accuracy while searching; only validation
   rows are ever used here.
+
+With overlap-corrected embeddings (``X.corrected`` / ``X.corrected_views``,
+stage ``train_oc``) the keys and the query side of the affinity ``A`` are the
+corrected ones while the CLIP logits keep the original embedding, as in the
+correction's reference code (``run.py``: ``clip_logits`` from the original
+features, ``pred_tipadapter`` with corrected features and keys).
 """
 from __future__ import annotations
 
@@ -48,10 +54,16 @@ _ROWS = 1024  # rows per chunk, bounds the [rows, K] affinity matrix
 
 
 def cache_keys(X: FeatureSet, use_views: bool) -> np.ndarray:
-    """[K, D] keys: mean of the augmented views, re-normalised, else ``X.cls``."""
-    if use_views and X.views is not None:
-        return l2_normalise(np.asarray(X.views, dtype=np.float32).mean(axis=1))
-    return np.asarray(X.cls, dtype=np.float32)
+    """[K, D] keys: mean of the augmented views, re-normalised, else the embeddings (corrected when given)."""
+    views = X.views if X.corrected is None else X.corrected_views
+    if use_views and views is not None:
+        return l2_normalise(np.asarray(views, dtype=np.float32).mean(axis=1))
+    return affinity_features(X)
+
+
+def affinity_features(X: FeatureSet) -> np.ndarray:
+    """The embeddings that image-image affinities use: overlap-corrected when given, else ``X.cls``."""
+    return np.asarray(X.cls if X.corrected is None else X.corrected, dtype=np.float32)
 
 
 def cache_values(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -113,7 +125,7 @@ class TipAdapterHead(BaseHead):
         self.logit_scale_ = float(text.logit_scale)
         self.alpha_, self.beta_ = float(self.init_alpha), float(self.init_beta)
         if X_val is not None:
-            clip_logits, affinity = self._parts(X_val.cls)
+            clip_logits, affinity = self._parts(X_val.cls, affinity_features(X_val))
             self.alpha_, self.beta_, acc = search_alpha_beta(
                 clip_logits, affinity, self._t(self.values_), y_val,
                 tuple(self.search_scale), tuple(self.search_step))
@@ -123,16 +135,17 @@ class TipAdapterHead(BaseHead):
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device_)
 
-    def _parts(self, feats: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clip logits, affinity) of embeddings ``feats``."""
-        f = self._t(feats)
-        return self.logit_scale_ * f @ self._t(self.class_weights_).T, f @ self._t(self.keys_).T
+    def _parts(self, feats: np.ndarray, affinity_feats: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clip logits of ``feats``, affinity of ``affinity_feats`` to the keys)."""
+        clip_logits = self.logit_scale_ * self._t(feats) @ self._t(self.class_weights_).T
+        return clip_logits, self._t(affinity_feats) @ self._t(self.keys_).T
 
     @torch.no_grad()
     def _logits(self, X: FeatureSet) -> np.ndarray:
         out = []
+        aff = affinity_features(X)
         for start in range(0, len(X), _ROWS):
-            clip_logits, affinity = self._parts(X.cls[start:start + _ROWS])
+            clip_logits, affinity = self._parts(X.cls[start:start + _ROWS], aff[start:start + _ROWS])
             out.append(tip_logits(clip_logits, affinity, self._t(self.values_),
                                   self.alpha_, self.beta_).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), np.float32)

@@ -17,6 +17,10 @@ Deviations:
 * Augmentation: one cached augmented view per row per epoch (``X.views``)
   stands in for re-augmenting the images every epoch; ``X.cls`` without views.
 * ``logit_scale`` replaces the hard-coded 100 (see :mod:`tip_adapter`).
+
+With overlap-corrected embeddings the keys and the affinity inputs are the
+corrected ones and the CLIP logits keep the original embedding, as in
+:mod:`tip_adapter`.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from pipeline.features import FeatureSet, TextContext
 from pipeline.heads.base import text_classifier
 from pipeline.heads.losses import ClassWeighting
 from pipeline.heads.tip_adapter import (REF_INIT_ALPHA, REF_INIT_BETA, REF_SEARCH_SCALE,
-                                        REF_SEARCH_STEP, cache_keys, cache_values,
+                                        REF_SEARCH_STEP, affinity_features, cache_keys, cache_values,
                                         search_alpha_beta, tip_logits)
 from pipeline.heads.trainable import TorchHead, frozen_buffer
 
@@ -52,12 +56,12 @@ class TipAdapterFNet(nn.Module):
         self.logit_scale = logit_scale
         self.alpha, self.beta = alpha, beta
 
-    def parts(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clip logits, fine-tuned affinity)."""
-        return self.logit_scale * feats @ self.class_weights.T, self.adapter(feats)
+    def parts(self, feats: torch.Tensor, affinity_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clip logits of ``feats``, fine-tuned affinity of ``affinity_feats``)."""
+        return self.logit_scale * feats @ self.class_weights.T, self.adapter(affinity_feats)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        clip_logits, affinity = self.parts(batch["cls"])
+        clip_logits, affinity = self.parts(batch["cls"], batch["affinity"])
         return tip_logits(clip_logits, affinity, self.values, self.alpha, self.beta)
 
 
@@ -99,6 +103,17 @@ class TipAdapterFHead(TorchHead):
         self.seed = seed
         self.device = device
 
+    def _arrays(self, X: FeatureSet) -> dict[str, np.ndarray]:
+        return {"cls": np.asarray(X.cls, np.float32), "affinity": affinity_features(X)}
+
+    def _view_arrays(self, X: FeatureSet) -> dict[str, np.ndarray]:
+        if X.views is None:
+            return {}
+        if X.corrected is None:
+            return {"cls": X.views, "affinity": X.views}
+        # corrected rows without corrected views: train on the rows themselves, never on a mix
+        return {} if X.corrected_views is None else {"cls": X.views, "affinity": X.corrected_views}
+
     def _build_net(self, X: FeatureSet, y: np.ndarray, text: TextContext) -> nn.Module:
         return TipAdapterFNet(cache_keys(X, self.use_views), cache_values(y, len(text.class_names)),
                               text_classifier(text, None), float(text.logit_scale),
@@ -108,8 +123,8 @@ class TipAdapterFHead(TorchHead):
     def _finish(self, net: nn.Module, X_val: FeatureSet | None, y_val: np.ndarray | None) -> None:
         self.net_ = net
         if X_val is not None:
-            feats = torch.as_tensor(np.asarray(X_val.cls, np.float32), device=self.device_)
-            clip_logits, affinity = net.parts(feats)
+            feats, aff = (torch.as_tensor(a, device=self.device_) for a in self._arrays(X_val).values())
+            clip_logits, affinity = net.parts(feats, aff)
             net.alpha, net.beta, acc = search_alpha_beta(
                 clip_logits, affinity, net.values, y_val,
                 tuple(self.search_scale), tuple(self.search_step))

@@ -63,10 +63,12 @@ class TorchHead(BaseHead):
         self.net_ = net
 
     # -- shared ---------------------------------------------------------------
+    def _view_arrays(self, X: FeatureSet) -> dict[str, np.ndarray]:
+        """Augmented versions [N, A, ...] of the arrays of :meth:`_arrays`, by name."""
+        return {"cls": X.views} if X.views is not None else {}
+
     def _train_data(self, X: FeatureSet) -> ArrayData:
-        views = {}
-        if getattr(self, "use_views", False) and X.views is not None:
-            views = {"cls": X.views}
+        views = self._view_arrays(X) if getattr(self, "use_views", False) else {}
         return ArrayData(self._arrays(X), views)
 
     def _train_config(self) -> TrainConfig:

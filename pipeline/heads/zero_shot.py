@@ -5,6 +5,11 @@ From Natural Language Supervision").
 normalised image embedding and ``w_c`` the class text embedding: the template
 ensemble (per-template normalised embeddings averaged, then re-normalised) by
 default, or one template by index. Nothing is learned from the training rows.
+
+Given overlap-corrected embeddings (``X.corrected``, stage ``train_oc``) it
+scores those instead: the control that shows how far the correction moved the
+image embedding away from the text embeddings (Tip-Adapter keeps the original
+embedding for its image-text logits).
 """
 from __future__ import annotations
 
@@ -32,5 +37,5 @@ class ZeroShotHead(BaseHead):
     def _logits(self, X: FeatureSet) -> np.ndarray:
         # Re-normalising is a no-op for cached embeddings but keeps the head
         # a cosine classifier for any input.
-        feats = l2_normalise(np.asarray(X.cls, dtype=np.float32))
+        feats = l2_normalise(np.asarray(X.cls if X.corrected is None else X.corrected, dtype=np.float32))
         return self.logit_scale_ * feats @ self.class_weights_.T
