@@ -158,15 +158,22 @@ def test_params_yaml_round_trip(tmp_path: Path) -> None:
 def test_default_budget_beats_baselines(tmp_path: Path) -> None:
     """Full default run (~1.5 min rendering + ~4 min training on an otherwise idle 2-core machine).
 
-    Margins are loose: measured 0.93 vs 0.37 (weather), 0.99 vs 0.59 (lighting),
-    0.96 vs 0.87 (glare), 0.44 vs 0.31 (object mAP vs prior) on bench val.
+    Margins are loose. Measured with the default cameras (bench: far objects and
+    a washed-out webcam look, so zero-shot is deliberately off its ceiling there):
+    pretrain val 0.96 vs 0.39 (weather), 1.0 vs 0.64 (lighting), 0.99 vs 0.88
+    (glare), 0.47 vs 0.30 (object mAP vs prior); bench val 0.77 vs 0.37,
+    0.82 vs 0.59, 0.93 vs 0.87, 0.34 vs 0.31, and 0.39 object mAP from the max
+    over 3 x 3 tiles (far objects show up in upsampled tiles).
     A busy machine makes the time budget bind and the model weaker.
     """
     data = generate(default_params(), tmp_path / "synthstreets")
     m = run(default_pretrain_params(), data, tmp_path / "m.pt", tmp_path / "m.json")
-    for part in ("pretrain_val", "bench_val"):
+    for part, objects_margin in (("pretrain_val", 0.1), ("bench_val", 0.01)):
         r = m[part]
         assert r["weather_acc"] > r["weather_majority"] + 0.15
-        assert r["lighting_acc"] > r["lighting_majority"] + 0.2
+        assert r["lighting_acc"] > r["lighting_majority"] + 0.15
         assert r["glare_acc"] > r["glare_majority"] + 0.02
-        assert r["objects_map"] > r["objects_prior"] + 0.07
+        assert r["objects_map"] > r["objects_prior"] + objects_margin
+    bench = m["bench_val"]
+    assert bench["weather_acc"] < 0.9  # the webcam look miscalibrates the prompts (room for few-shot heads)
+    assert bench["objects_map_tiles3_max"] > bench["objects_map"] + 0.02  # small objects: tiles help

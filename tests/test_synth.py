@@ -16,7 +16,8 @@ import yaml
 from PIL import Image
 
 from pipeline.params import ParamsError, as_dict, load_section
-from pipeline.synth import GLARES, LIGHTINGS, OBJECT_CLASSES, WEATHERS, SynthParams, default_params
+from pipeline.synth import GLARES, LIGHTINGS, OBJECT_CLASSES, WEATHERS, Camera, SynthParams, default_params
+from pipeline.synth import effects
 from pipeline.synth import dataset
 from pipeline.synth.dataset import generate, plan_bench, plan_pretrain
 from pipeline.synth.scene import SceneFacts, render
@@ -179,3 +180,67 @@ def test_stage_cli(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "stages.synth", "--out", str(out), "--params", str(params)],
                    check=True, cwd=REPO, capture_output=True)
     assert (out / "bench" / "weather.csv").exists() and (out / "heldout.json").exists()
+
+
+def test_camera_validation() -> None:
+    with pytest.raises(ValueError, match="depth"):
+        Camera(depth=(0.6, 0.2))
+    with pytest.raises(ValueError, match="veil"):
+        Camera(veil=1.0)
+    with pytest.raises(ValueError, match="cast"):
+        Camera(cast=(1.0, 1.0))
+    with pytest.raises(ValueError, match="camera"):
+        default_params(camera={"bench": Camera()})
+    mixed = default_params(camera={"pretrain": Camera(), "bench": {"veil": 0.2, "depth": [0.1, 0.5]}})
+    assert mixed.camera["bench"] == Camera(veil=0.2, depth=(0.1, 0.5))
+
+
+def test_default_cameras_differ_by_pool() -> None:
+    """Web-photo pretraining vs. a washed-out wide webcam: the domain shift few-shot heads adapt to."""
+    cams = default_params().camera
+    pre, bench = cams["pretrain"], cams["bench"]
+    assert bench.depth[1] < pre.depth[1] and bench.depth[0] <= pre.depth[0]  # bench objects farther, smaller
+    assert bench.veil > pre.veil and bench.saturation < pre.saturation and bench.cast != pre.cast
+
+
+def test_neutral_camera_look_is_identity() -> None:
+    img = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    neutral = Camera()
+    out = effects.camera_look(img, neutral.blur, neutral.veil, neutral.veil_colour, neutral.cast, neutral.saturation)
+    assert np.array_equal(out, img)
+
+
+def _contrast_and_green(image: Image.Image) -> tuple[float, float]:
+    a = np.asarray(image, np.float32) / 255.0
+    return float(a.std()), float(a[..., 1].mean() - a[..., 0].mean())
+
+
+def test_bench_camera_look_washes_out_and_casts() -> None:
+    facts = SceneFacts("clear", "day", "no", ("car", "tree"))
+    bench = default_params().camera["bench"]
+    plain, _ = render(facts, 96, np.random.default_rng(5), Camera())
+    webcam, _ = render(facts, 96, np.random.default_rng(5), Camera(**{**bench.__dict__, "depth": (0.05, 1.0),
+                                                                    "depth_power": 1.25}))
+    (c0, g0), (c1, g1) = _contrast_and_green(plain), _contrast_and_green(webcam)
+    assert c1 < 0.85 * c0  # lower contrast (veil, desaturation, blur)
+    assert g1 > g0  # the webcam's cast
+
+
+def test_camera_depth_sets_object_size() -> None:
+    facts = SceneFacts("clear", "day", "no", ("car", "person", "sign"))
+
+    def mean_height(camera: Camera) -> float:
+        heights = [b.box[3] - b.box[1] for seed in range(20)
+                   for b in render(facts, 96, np.random.default_rng(seed), camera)[1] if b.cls != "building"]
+        return float(np.mean(heights))
+
+    assert mean_height(Camera(depth=(0.05, 0.3))) < 0.5 * mean_height(Camera(depth=(0.6, 1.0)))
+
+
+def test_pools_rendered_with_their_own_camera(tiny: Path) -> None:
+    params = default_params(**TINY)
+    for pool, prefix, plan in (("bench", "s", plan_bench), ("pretrain", "p", plan_pretrain)):
+        record = plan(params)[0]
+        expected, _ = render(record.facts, 96, dataset._rng(params, pool, record.index, 1), params.camera[pool])
+        with Image.open(tiny / pool / "images" / f"{prefix}000000.png") as im:
+            assert np.array_equal(np.asarray(im), np.asarray(expected))

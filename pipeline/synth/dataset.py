@@ -139,7 +139,7 @@ def write_pool(params: SynthParams, pool: str, records: list[Record], pool_dir: 
     (pool_dir / "images").mkdir(parents=True)
     boxes: list[list[object]] = []
     for r in tqdm(records, desc=f"render {pool}", unit="img", mininterval=2.0):
-        image, instances = render(r.facts, params.image_size, _rng(params, pool, r.index, 1))
+        image, instances = render(r.facts, params.image_size, _rng(params, pool, r.index, 1), params.camera[pool])
         image.save(pool_dir / r.path, format="PNG")
         boxes += [[r.path, inst.cls, *(round(v, 1) for v in inst.box)] for inst in instances]
     _write_csv(pool_dir / "captions.csv", ["path", "caption"], [[r.path, caption(r.facts)] for r in records])

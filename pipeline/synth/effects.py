@@ -72,10 +72,11 @@ def _overlay_light(tint: np.ndarray) -> np.ndarray:
     return 0.45 + 0.55 * tint
 
 
-def fog(img: np.ndarray, yh: float, rng: np.random.Generator, tint: np.ndarray) -> np.ndarray:
+def fog(img: np.ndarray, yh: float, rng: np.random.Generator, tint: np.ndarray,
+        strength: float = 1.0) -> np.ndarray:
     """Distance haze: strongest at and above the horizon, thinner near the camera."""
     h = img.shape[0]
-    far, near = rng.uniform(0.72, 0.92), rng.uniform(0.25, 0.50)
+    far, near = min(rng.uniform(0.72, 0.92) * strength, 0.97), min(rng.uniform(0.25, 0.50) * strength, 0.9)
     y = np.arange(h, dtype=np.float32)
     alpha = np.where(y < yh, far, far + (near - far) * (y - yh) / max(h - yh, 1.0))[:, None, None]
     colour = (np.asarray((0.80, 0.81, 0.82), np.float32) + rng.normal(0, 0.02, 3).astype(np.float32)) * _overlay_light(tint)
@@ -83,11 +84,11 @@ def fog(img: np.ndarray, yh: float, rng: np.random.Generator, tint: np.ndarray) 
     return _blur(out, 1.0)
 
 
-def rain(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray) -> np.ndarray:
+def rain(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """Slanted semi-transparent streaks over a slightly darkened, bluish scene."""
     h, w = img.shape[:2]
-    img = img * np.asarray((0.82, 0.84, 0.90), np.float32)
-    n = int(rng.integers(140, 340) * (h * w) / 192**2)
+    img = img * (1.0 - strength * (1.0 - np.asarray((0.82, 0.84, 0.90), np.float32)))
+    n = int(rng.integers(140, 340) * strength * (h * w) / 192**2)
     angle = rng.uniform(-0.35, 0.15)
     layer = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(layer)
@@ -99,12 +100,13 @@ def rain(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray) -> np.ndar
     return img * (1 - a) + np.asarray((0.80, 0.82, 0.88), np.float32) * _overlay_light(tint) * a
 
 
-def snow(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray) -> np.ndarray:
+def snow(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """White flakes of mixed sizes plus a light whitening haze."""
     h, w = img.shape[:2]
     white = np.float32(0.95) * _overlay_light(tint)
-    img = img * 0.85 + 0.15 * white
-    n = int(rng.integers(150, 400) * (h * w) / 192**2)
+    haze = np.float32(min(0.15 * strength, 0.5))
+    img = img * (1 - haze) + haze * white
+    n = int(rng.integers(150, 400) * strength * (h * w) / 192**2)
     layer = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(layer)
     for _ in range(n):
@@ -115,16 +117,21 @@ def snow(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray) -> np.ndar
 
 
 def apply_weather(img: np.ndarray, weather: str, yh: float, rng: np.random.Generator,
-                  tint: np.ndarray) -> np.ndarray:
-    """Weather overlays on the already lit scene (``tint`` from :func:`lighting_tint`)."""
+                  tint: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """Weather overlays on the already lit scene (``tint`` from :func:`lighting_tint`).
+
+    ``strength`` (a camera's ``weather_strength``) scales fog density, the
+    number of streaks / flakes and the cloudy flattening.
+    """
     if weather == "foggy":
-        return fog(img, yh, rng, tint)
+        return fog(img, yh, rng, tint, strength)
     if weather == "rainy":
-        return rain(img, rng, tint)
+        return rain(img, rng, tint, strength)
     if weather == "snowy":
-        return snow(img, rng, tint)
+        return snow(img, rng, tint, strength)
     if weather == "cloudy":  # flat light: a little less contrast
-        return img * 0.9 + 0.05 * _overlay_light(tint)
+        flat = np.float32(min(0.1 * strength, 0.5))
+        return img * (1 - flat) + 0.5 * flat * _overlay_light(tint)
     return img
 
 
@@ -166,6 +173,24 @@ def glare(img: np.ndarray, lighting: str, yh: float, rng: np.random.Generator) -
     colour = np.asarray(_GLARE_COLOUR[lighting], np.float32)
     veil = 0.12  # veiling glare washes out contrast everywhere
     return img * (1 - veil) + veil * colour + light[..., None] * colour
+
+
+def camera_look(img: np.ndarray, blur: float, veil: float, veil_colour: tuple[float, ...],
+                cast: tuple[float, ...], saturation: float) -> np.ndarray:
+    """A camera's fixed rendition of the scene (output resolution, before sensor noise).
+
+    Softening, then a grey veil (lower contrast), desaturation and a
+    white-balance cast: the look of a cheap, dirty street webcam when applied
+    with the bench camera's settings, a no-op with the neutral ones.
+    """
+    if blur > 0:
+        img = _blur(img, blur)
+    if veil > 0:
+        img = img * (1 - veil) + veil * np.asarray(veil_colour, np.float32)
+    if saturation != 1.0:
+        lum = img @ np.asarray((0.299, 0.587, 0.114), np.float32)
+        img = lum[..., None] + np.float32(saturation) * (img - lum[..., None])
+    return (img * np.asarray(cast, np.float32)).astype(np.float32)
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:

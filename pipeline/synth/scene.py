@@ -5,6 +5,8 @@ anti-aliasing, so tiny far-away objects still leave a few mixed pixels).
 Objects stand on a perspective ground plane: their height is proportional to
 how far below the horizon they stand, so far objects are only a few pixels
 tall at 96 px -- visible in an upscaled crop, barely in the whole image.
+A pool's :class:`~pipeline.synth.Camera` sets how near objects stand and the
+fixed look (blur, veil, saturation, cast) applied at output resolution.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.synth import OBJECT_CLASSES
+from pipeline.synth import OBJECT_CLASSES, Camera
 from pipeline.synth import effects
 from pipeline.synth.objects import DRAWERS
 
@@ -38,8 +40,9 @@ class Instance:
     box: tuple[float, float, float, float]
 
 
-def render(facts: SceneFacts, size: int, rng: np.random.Generator) -> tuple[Image.Image, list[Instance]]:
-    """Draw the scene described by ``facts``; all randomness comes from ``rng``."""
+def render(facts: SceneFacts, size: int, rng: np.random.Generator,
+           camera: Camera = Camera()) -> tuple[Image.Image, list[Instance]]:
+    """Draw the scene described by ``facts`` as ``camera`` sees it; all randomness comes from ``rng``."""
     s = size * SUPERSAMPLE
     yh = rng.uniform(0.36, 0.50) * s
     canvas = effects.sky(s, s, yh, facts.weather, facts.lighting, rng)
@@ -49,14 +52,15 @@ def render(facts: SceneFacts, size: int, rng: np.random.Generator) -> tuple[Imag
     if facts.lighting == "night" and facts.weather == "clear":
         _stars(glow_draw, s, yh, rng)
     _ground(draw, s, yh, facts.weather, rng)
-    instances = _objects(draw, glow_draw, s, yh, facts.objects, rng)
+    instances = _objects(draw, glow_draw, s, yh, facts.objects, rng, camera)
     img = np.asarray(base, np.float32) / 255.0
     tint = effects.lighting_tint(facts.lighting, rng)
-    img = effects.apply_weather(img * tint, facts.weather, yh, rng, tint)
+    img = effects.apply_weather(img * tint, facts.weather, yh, rng, tint, camera.weather_strength)
     img = effects.add_glow(img, np.asarray(glow, np.float32) / 255.0, facts.lighting, facts.weather)
     if facts.glare == "yes":
         img = effects.glare(img, facts.lighting, yh, rng)
     img = img.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
+    img = effects.camera_look(img, camera.blur, camera.veil, camera.veil_colour, camera.cast, camera.saturation)
     noise = rng.uniform(0.006, 0.02) * (2.0 if facts.lighting == "night" else 1.0)
     img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
     out = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -119,15 +123,20 @@ class _Occluding:
 
 
 def _objects(draw: ImageDraw.ImageDraw, glow: ImageDraw.ImageDraw, s: int, yh: float,
-             present: tuple[str, ...], rng: np.random.Generator) -> list[Instance]:
-    """Place 1-3 instances per present class, far to near so near ones occlude."""
+             present: tuple[str, ...], rng: np.random.Generator, camera: Camera) -> list[Instance]:
+    """Place 1-3 instances per present class, far to near so near ones occlude.
+
+    The camera's depth range and power set how near (large) objects stand.
+    """
+    lo, hi = camera.depth
     placed: list[tuple[float, str, float]] = []  # (depth, cls, x)
     for cls in present:
         for _ in range(int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))):
             if cls == "building":  # buildings stand back, near the horizon
-                depth, x = rng.uniform(0.05, 0.45), rng.choice([rng.uniform(0.05, 0.3), rng.uniform(0.7, 0.95)]) * s
+                depth = rng.uniform(lo, lo + 0.4 * (hi - lo))
+                x = rng.choice([rng.uniform(0.05, 0.3), rng.uniform(0.7, 0.95)]) * s
             else:
-                depth, x = 0.05 + 0.95 * rng.random() ** 1.25, rng.uniform(0.06, 0.94) * s
+                depth, x = lo + (hi - lo) * rng.random() ** camera.depth_power, rng.uniform(0.06, 0.94) * s
             placed.append((float(depth), cls, float(x)))
     placed.sort(key=lambda p: (p[0], OBJECT_CLASSES.index(p[1])))
     instances = []
