@@ -15,6 +15,7 @@ import typer  # noqa: E402
 
 from pipeline.params import load_section  # noqa: E402
 from pipeline.pretrain import PretrainParams, run  # noqa: E402
+from stages import setup_logging  # noqa: E402
 
 
 def main(
