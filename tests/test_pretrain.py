@@ -156,13 +156,13 @@ def test_params_yaml_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_budget_beats_baselines(tmp_path: Path) -> None:
-    """Full default run (~1.5 min rendering + ~4 min training on an otherwise idle 2-core machine).
+    """Full default run (~1.5 min rendering + ~4.6 min training on an otherwise idle 2-core machine).
 
     Margins are loose. Measured with the default cameras (bench: far objects and
     a washed-out webcam look, so zero-shot is deliberately off its ceiling there):
-    pretrain val 0.96 vs 0.39 (weather), 1.0 vs 0.64 (lighting), 0.99 vs 0.88
-    (glare), 0.47 vs 0.30 (object mAP vs prior); bench val 0.77 vs 0.37,
-    0.82 vs 0.59, 0.93 vs 0.87, 0.34 vs 0.31, and 0.39 object mAP from the max
+    pretrain val 0.98 vs 0.39 (weather), 1.0 vs 0.64 (lighting), 0.995 vs 0.88
+    (glare), 0.51 vs 0.30 (object mAP vs prior); bench val 0.81 vs 0.37,
+    0.81 vs 0.59, 0.95 vs 0.87, 0.37 vs 0.31, and 0.44 object mAP from the max
     over 3 x 3 tiles (far objects show up in upsampled tiles).
     A busy machine makes the time budget bind and the model weaker.
     """
