@@ -97,6 +97,7 @@ def pipeline_repo(tmp_path_factory, micro_model) -> Path:
         p["generic"] = {"name": "tinygen", "root": str(generic), "layout": "folders",
                         "tasks": {"colour": {"type": "single"}}}
         p["overlap"]["heads"] = OC_HEADS
+        p["overlap"]["generic_task"] = "colour"
         p["overlap"]["generic_views"].update(n=2, rows_per_shard=16, rows_per_chunk=8)
         p["overlap"]["adapter"].update(epochs=2, batch_size=16)
     _edit(repo, tiny)
