@@ -65,7 +65,7 @@ def main(
 def _correction(adapter_path: Path, by_task: dict, before: list, heads: list, evaluation: Path,
                 run_params: dict, cfg: ReportParams) -> CorrectionInputs:
     """Overlap on corrected features, and each plain head paired with its evaluated ``<head>_oc``."""
-    from pipeline.overlap_correction.artifact import load_correction, read_meta
+    from pipeline.overlap_correction.artifact import describe, load_correction, read_meta
 
     transform = load_correction(adapter_path)
     after = []
@@ -79,7 +79,7 @@ def _correction(adapter_path: Path, by_task: dict, before: list, heads: list, ev
     missing = [n.removesuffix(SUFFIX) for n in names if n.removesuffix(SUFFIX) not in plain]
     plain.update({h.head: h for h in load_heads(evaluation, missing)})
     pairs = pair_heads(list(plain.values()), load_heads(evaluation, names))
-    return CorrectionInputs(before=before, after=after, pairs=pairs, adapter=read_meta(adapter_path))
+    return CorrectionInputs(before=before, after=after, pairs=pairs, adapter=describe(read_meta(adapter_path)))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def test_small_default_end_to_end(tmp_path: Path) -> None:
     html = (repo / RESULTS / "report.html").read_text()
     for section in ("comparison", "fewshot", "cdul", "overlap", "correction", "params"):
         assert f'<section id="{section}">' in html
+    assert "trained_on_sha256" not in html  # the adapter is summarised, not dumped with its ids
     overlap = json.loads((repo / RESULTS / "overlap.json").read_text())
     assert set(overlap) == set(params["train"]["tasks"]) and all("corrected" in v for v in overlap.values())
     assert "accuracy" in _sh([*DVC, "metrics", "show", "--json"], repo)

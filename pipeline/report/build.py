@@ -121,9 +121,11 @@ def _correction_section(inputs: CorrectionInputs | None, tasks: list[str], param
         return Section("correction", title, (Text("No overlap-correction adapter given: section not computed."),))
     meta = ", ".join(f"{k}: {v}" for k, v in inputs.adapter.items())
     blocks: list[Block] = [
-        Text("A residual adapter trained on a generic image set (disjoint from this task) maps every cached "
-             "image embedding; the training-free heads are rerun on the corrected features "
-             f"(zero-shot is the control). Adapter: {meta}."),
+        Text("A residual adapter trained on a generic image set (disjoint from this task) maps the cached "
+             "image embeddings. Tip-Adapter(-F) rerun with corrected keys and image-image affinities and "
+             "the original embedding for the image-text logits, as in the correction's reference code; "
+             "zero-shot on corrected embeddings is the control that shows how far the correction moved "
+             f"images away from the text embeddings. Adapter: {meta}."),
         overlap_change_table(inputs.before, inputs.after),
     ]
     if inputs.after:
