@@ -46,9 +46,9 @@ from pipeline.extract import ExtractParams, ImageRows, extract
 from pipeline.features import FeatureSet, TextContext
 from pipeline.heads import make_head
 from pipeline.heads.base import resolve_device, seeded
-from pipeline.heads.losses import class_weights, classification_loss
+from pipeline.heads.losses import classification_loss
 from pipeline.heads.trainable import TorchHead
-from pipeline.heads.training import ArrayData, _lr_lambda, _make_optimiser
+from pipeline.heads.training import ArrayData, optimisation
 from pipeline.text import encode_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,12 +117,8 @@ def fit_reencode(head: TorchHead, loaded, blocks: tuple[int, ...], dataset: Imag
     times = []
     with seeded(head.seed, device) as rng:
         net = head._build_net(X_probe, y, text).to(device)
-        params = [p for p in net.parameters() if p.requires_grad]
-        steps_per_epoch = max(1, math.ceil(len(dataset) / cfg.batch_size))
-        optimiser = _make_optimiser(params, cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_lambda(cfg, steps_per_epoch))
-        weights = torch.as_tensor(class_weights(y, n_classes, cfg.class_weight), device=device)
-        targets = torch.as_tensor(y, dtype=torch.long, device=device)
+        opt = optimisation(net, y, n_classes, len(dataset), cfg, device)
+        optimiser, scheduler, weights, targets = opt.optimiser, opt.scheduler, opt.weights, opt.targets
         loader = DataLoader(dataset, batch_sampler=EpochOrder(len(dataset), cfg.batch_size, rng),
                             num_workers=workers, persistent_workers=workers > 0,
                             pin_memory=enc_device.type == "cuda")
@@ -147,7 +143,7 @@ def fit_reencode(head: TorchHead, loaded, blocks: tuple[int, ...], dataset: Imag
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
-    assert scheduler.last_epoch == cfg.epochs * steps_per_epoch
+    assert scheduler.last_epoch == cfg.epochs * opt.steps_per_epoch
     return times
 
 

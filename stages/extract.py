@@ -35,7 +35,8 @@ def _run(kind: str, section: str, cfg_cls: type, index: Path, root: Path, out: P
     if splits is not None and getattr(cfg, "split", None) is not None:
         from pipeline.manifest import split_ids  # only the views stages depend on it
         keep = split_ids(pq.read_table(splits), cfg.split, f"{section}.split")
-        ids, paths = map(list, zip(*[(i, p) for i, p in zip(ids, paths) if i in keep])) if keep else ([], [])
+        paths = [p for i, p in zip(ids, paths) if i in keep]
+        ids = [i for i in ids if i in keep]
     extract(kind, loaded, cfg, runtime, ids, paths, root, out)
     distributed.shutdown()
 

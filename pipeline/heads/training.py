@@ -103,17 +103,35 @@ class TrainResult:
     epochs_run: int
 
 
+@dataclass
+class Optimisation:
+    """What one training run steps: optimiser, per-step LR schedule, class weights and targets."""
+
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    weights: torch.Tensor
+    targets: torch.Tensor
+    steps_per_epoch: int
+
+
+def optimisation(net: nn.Module, y: np.ndarray, n_classes: int, n_rows: int, cfg: TrainConfig,
+                 device: torch.device) -> Optimisation:
+    """The set-up of :func:`train_module` for ``n_rows`` training rows (shared with the re-encode benchmark)."""
+    steps_per_epoch = max(1, math.ceil(n_rows / cfg.batch_size))
+    optimiser = _make_optimiser([p for p in net.parameters() if p.requires_grad], cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_lambda(cfg, steps_per_epoch))
+    weights = torch.as_tensor(class_weights(y, n_classes, cfg.class_weight), device=device)
+    targets = torch.as_tensor(y, dtype=torch.long, device=device)
+    return Optimisation(optimiser, scheduler, weights, targets, steps_per_epoch)
+
+
 def train_module(net: nn.Module, train: ArrayData, y: np.ndarray, n_classes: int,
                  cfg: TrainConfig, device: torch.device, rng: np.random.Generator,
                  val: ArrayData | None = None, y_val: np.ndarray | None = None) -> TrainResult:
     """Optimise the parameters of ``net`` that require grad; ``net(batch)``
     must return logits ``[B, C]``."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
-    optimiser = _make_optimiser(params, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_lambda(cfg, steps_per_epoch))
-    weights = torch.as_tensor(class_weights(y, n_classes, cfg.class_weight), device=device)
-    targets = torch.as_tensor(y, dtype=torch.long, device=device)
+    opt = optimisation(net, y, n_classes, len(train), cfg, device)
+    optimiser, scheduler, weights, targets = opt.optimiser, opt.scheduler, opt.weights, opt.targets
     tracker = _BestTracker(cfg.monitor)
     history: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):

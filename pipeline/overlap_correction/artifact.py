@@ -70,11 +70,8 @@ def generic_labels(manifest: pa.Table, task: str, ids: np.ndarray) -> tuple[np.n
 
 def save_artifact(fitted: FittedAdapter, path: Path, identity: dict[str, Any], generic: dict[str, Any]) -> dict:
     """Write the adapter (weights + metadata) to ``path`` and its summary to ``path.with_suffix('.json')``."""
-    meta = {**fitted.meta(), "identity": identity, "generic": generic}
-    state = {k: v.detach().cpu().clone() for k, v in fitted.adapter.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
-    summary = describe(meta)
+    fitted.save(path, extra_meta={"identity": identity, "generic": generic})
+    summary = describe(read_meta(path))
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     log.info("wrote %s: %s", path, summary)

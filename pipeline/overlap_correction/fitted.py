@@ -91,11 +91,11 @@ class FittedAdapter:
                 "trained_on": list(self.trained_on), "trained_on_sha256": self.trained_on_sha256,
                 "history": [dict(r) for r in self.history]}
 
-    def save(self, path: Path | str) -> None:
-        """Write weights (CPU tensors) and :meth:`meta` to ``path``, atomically."""
+    def save(self, path: Path | str, extra_meta: dict[str, Any] | None = None) -> None:
+        """Write weights (CPU tensors) and :meth:`meta` (plus JSON-able ``extra_meta``) to ``path``, atomically."""
         state = {k: v.detach().cpu().clone() for k, v in self.adapter.state_dict().items()}
         with atomic_path(path) as tmp:
-            torch.save({"state_dict": state, "meta": self.meta()}, tmp)
+            torch.save({"state_dict": state, "meta": {**self.meta(), **(extra_meta or {})}}, tmp)
 
     @classmethod
     def load(cls, path: Path | str, device: str | torch.device = "cpu") -> "FittedAdapter":
