@@ -33,13 +33,15 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MARKERS = "_done"
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError, ValueError):
     """A cache was written for a different model, preprocessing or dataset."""
 
 

@@ -27,6 +27,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import UserError
 from pipeline.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz"}
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """The model params do not describe a loadable model."""
 
 

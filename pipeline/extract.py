@@ -25,7 +25,7 @@ from pipeline import distributed
 from pipeline.augment import ViewSpec, ViewsParams, augmented_view
 from pipeline.cache import ArraySpec, CacheWriter
 from pipeline.encoders import LoadedModel, RuntimeParams, autocast, encode_images
-from pipeline.imageio import load_rgb
+from pipeline.imageio import DecodeParams, decode_identity, load_rgb
 from pipeline.params import as_dict
 
 log = logging.getLogger(__name__)
@@ -60,25 +60,29 @@ class TilesParams:
 class ImageRows(Dataset):
     """Row i -> the preprocessed image tensor [3, H, W]."""
 
-    def __init__(self, root: Path, paths: list[str], transform: Callable):
-        self.root, self.paths, self.transform = Path(root), paths, transform
+    def __init__(self, root: Path, paths: list[str], transform: Callable, decode: DecodeParams = DecodeParams()):
+        self.root, self.paths, self.transform, self.decode = Path(root), paths, transform, decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def image(self, i: int):
+        return load_rgb(self.root / self.paths[i], exif_transpose=self.decode.exif_transpose)
+
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(load_rgb(self.root / self.paths[i]))
+        return self.transform(self.image(i))
 
 
 class TileRows(ImageRows):
     """Row i -> [1 + g*g, 3, H, W]: the whole image, then its g x g crops row by row."""
 
-    def __init__(self, root: Path, paths: list[str], transform: Callable, grid: int):
-        super().__init__(root, paths, transform)
+    def __init__(self, root: Path, paths: list[str], transform: Callable, grid: int,
+                 decode: DecodeParams = DecodeParams()):
+        super().__init__(root, paths, transform, decode)
         self.grid = grid
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = load_rgb(self.root / self.paths[i])
+        img = self.image(i)
         return torch.stack([self.transform(v) for v in [img, *grid_crops(img, self.grid)]])
 
 
@@ -86,12 +90,12 @@ class ViewRows(ImageRows):
     """Row i -> [A, 3, H, W]: the image's A seeded augmented views (see :mod:`pipeline.augment`)."""
 
     def __init__(self, root: Path, paths: list[str], ids: list[str], transform: Callable,
-                 size: tuple[int, int], spec: ViewSpec):
-        super().__init__(root, paths, transform)
+                 size: tuple[int, int], spec: ViewSpec, decode: DecodeParams = DecodeParams()):
+        super().__init__(root, paths, transform, decode)
         self.ids, self.size, self.spec = ids, size, spec
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = load_rgb(self.root / self.paths[i])
+        img = self.image(i)
         return torch.stack([self.transform(augmented_view(img, self.size, self.spec, self.ids[i], v))
                             for v in range(self.spec.n)])
 
@@ -182,18 +186,19 @@ def input_size(loaded: LoadedModel) -> tuple[int, int]:
 
 def extract(kind: Literal["images", "tiles", "views"], loaded: LoadedModel,
             cfg: ExtractParams | TilesParams | ViewsParams, runtime: RuntimeParams,
-            ids: list[str], paths: list[str], root: Path, out: Path) -> int:
+            ids: list[str], paths: list[str], root: Path, out: Path, decode: DecodeParams = DecodeParams()) -> int:
     """Fill cache ``out`` with image, tile or view features of ``paths``; return shards written by this rank."""
     if kind == "images":
-        dataset: ImageRows = ImageRows(root, paths, loaded.preprocess)
+        dataset: ImageRows = ImageRows(root, paths, loaded.preprocess, decode)
         encode = image_encoder(loaded, cfg.token_blocks)  # type: ignore[union-attr]
     elif kind == "tiles":
-        dataset = TileRows(root, paths, loaded.preprocess, cfg.grid)  # type: ignore[union-attr]
+        dataset = TileRows(root, paths, loaded.preprocess, cfg.grid, decode)  # type: ignore[union-attr]
         encode = stacked_encoder(loaded, "tiles")
     else:
-        dataset = ViewRows(root, paths, ids, loaded.preprocess, input_size(loaded), cfg.spec())  # type: ignore[union-attr]
+        dataset = ViewRows(root, paths, ids, loaded.preprocess, input_size(loaded), cfg.spec(), decode)  # type: ignore[union-attr]
         encode = stacked_encoder(loaded, "views")
-    identity = {**loaded.identity, "kind": kind, "precision": runtime.precision, **as_dict(cfg)}
+    identity = {**loaded.identity, **decode_identity(decode), "kind": kind, "precision": runtime.precision,
+                **as_dict(cfg)}
     specs = probe_specs(encode, dataset[0], cfg.dtype, loaded.device)
     writer = CacheWriter(out, ids, specs, identity, cfg.rows_per_shard, cfg.rows_per_chunk)
     return run(writer, dataset, encode, runtime, loaded.device)

@@ -27,7 +27,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from pipeline.imageio import ImageCheck, check_images, file_digests
+from pipeline.errors import UserError
+from pipeline.imageio import PIL_MAX_PIXELS, ImageCheck, check_images, file_digests
 from pipeline.splits import DEFAULT_SPLIT_ALIASES, SPLITS, assign_splits
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ META_KEY = b"clipcache"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """Bad input data; the message names the file and row."""
 
 
@@ -69,6 +70,7 @@ class DatasetParams:
     split_seed: int = 0
     on_error: Literal["strict", "skip"] = "strict"
     verify_images: bool = True
+    max_image_pixels: int | None = None  # null: PIL's default limit (decompression bombs)
 
 
 @dataclass
@@ -143,7 +145,9 @@ def _read_folders(params: DatasetParams, root: Path) -> Rows:
     for top, split in tops:
         for class_dir in sorted(p for p in top.iterdir() if p.is_dir()):
             for img in sorted(class_dir.rglob("*")):
-                if img.suffix.lower() in IMAGE_SUFFIXES and img.is_file():
+                # Any entry named like an image is a row, so a directory or broken link named
+                # x.jpg is reported by name instead of silently left out.
+                if img.suffix.lower() in IMAGE_SUFFIXES:
                     rel = img.relative_to(root).as_posix()
                     _append(rows, rel, rel, split, {task: class_dir.name}, f"{rel}:-")
     return rows
@@ -244,13 +248,15 @@ def _check_rows(rows: Rows, params: DatasetParams, root: Path) -> list[dict]:
         seen[rid] = src
         full = (root / rel).resolve()
         if not full.is_relative_to(root_resolved):
-            problems.append(ImageCheck(src, rel, "path escapes the dataset root"))
+            problems.append(ImageCheck(src, rel, "path escapes the dataset root (through '..' or a link)"))
+        elif full.is_dir():
+            problems.append(ImageCheck(src, rel, "is a directory, not an image file"))
         elif not full.is_file():
-            problems.append(ImageCheck(src, rel, "file not found"))
+            problems.append(ImageCheck(src, rel, "broken link" if (root / rel).is_symlink() else "file not found"))
         else:
             to_decode.append((src, rel, full))
     if params.verify_images:
-        problems += check_images(to_decode)
+        problems += check_images(to_decode, params.max_image_pixels or PIL_MAX_PIXELS)
     if problems and params.on_error == "strict":
         listing = "\n".join(f"  {p.source}: {p.path}: {p.reason}" for p in problems[:20])
         raise ManifestError(f"{len(problems)} bad rows (dataset.on_error=strict; set 'skip' to drop them):\n{listing}")

@@ -16,12 +16,14 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from pipeline.errors import UserError
+
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A params.yaml value is missing, unknown or of the wrong type."""
 
 

@@ -1,6 +1,16 @@
 """Thin DVC stage entry points: `python -m stages.<name> --help`."""
+import functools
 import logging
 import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from pipeline.errors import UserError
+
+F = TypeVar("F", bound=Callable)
 
 
 def setup_logging() -> None:
@@ -13,3 +23,17 @@ def setup_logging() -> None:
     level = os.environ.get("LOGLEVEL", "INFO")
     for name in ("pipeline", "stages"):
         logging.getLogger(name).setLevel(level)
+
+
+def expected_errors(command: F) -> F:
+    """Wrap a stage command: an expected error (bad params, data, cache or a missing input
+    file) prints one short line naming the key, file or row and exits with status 2;
+    any other exception keeps its full traceback (it is a bug)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (UserError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
+    return wrapper  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_de
 from pipeline.manifest import manifest_meta
 from pipeline.params import load_section
 from pipeline.text import TextParams, write_text_cache
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 
 def main(
@@ -26,4 +26,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

@@ -9,7 +9,7 @@ import typer
 from pipeline.evaluate import confusion_rows, fewshot_rows, run_reports, summary
 from pipeline.manifest import manifest_meta
 from pipeline.files import atomic_path
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 
 def main(
@@ -39,4 +39,4 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

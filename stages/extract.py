@@ -12,8 +12,9 @@ from pipeline import distributed
 from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_device
 from pipeline.augment import ViewsParams
 from pipeline.extract import ExtractParams, TilesParams, extract
+from pipeline.imageio import DecodeParams
 from pipeline.params import load_section
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -37,23 +38,26 @@ def _run(kind: str, section: str, cfg_cls: type, index: Path, root: Path, out: P
         keep = split_ids(pq.read_table(splits), cfg.split, f"{section}.split")
         paths = [p for i, p in zip(ids, paths) if i in keep]
         ids = [i for i in ids if i in keep]
-    extract(kind, loaded, cfg, runtime, ids, paths, root, out)
+    extract(kind, loaded, cfg, runtime, ids, paths, root, out, load_section(DecodeParams, "decode", params))
     distributed.shutdown()
 
 
 @app.command()
+@expected_errors
 def images(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path = PARAMS) -> None:
     """Projected, normalised image embeddings and patch tokens of the configured blocks."""
     _run("images", "extract", ExtractParams, index, root, out, params)
 
 
 @app.command()
+@expected_errors
 def tiles(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path = PARAMS) -> None:
     """Embeddings of the whole image and its grid x grid crops: [N, 1 + grid^2, D]."""
     _run("tiles", "tiles", TilesParams, index, root, out, params)
 
 
 @app.command()
+@expected_errors
 def views(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path = PARAMS,
           splits: Path = typer.Option(..., help="splits.parquet (id, split) from the prepare stage"),
           section: str = typer.Option("views", help="params section (overlap.generic_views for the generic set)"),

@@ -7,7 +7,7 @@ import typer
 from pipeline.fewshot import FewShotParams, draw_fewshot
 from pipeline.params import load_section
 from pipeline.files import atomic_path
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 
 def main(
@@ -22,4 +22,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

@@ -13,10 +13,11 @@ import typer
 
 from pipeline.cache import FeatureCache
 from pipeline.encoders import ModelParams, weights_identity
+from pipeline.imageio import DecodeParams, decode_identity
 from pipeline.overlap_correction.artifact import OverlapParams, generic_labels, save_artifact
 from pipeline.overlap_correction.train import fit_adapter
 from pipeline.params import load_section
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 
 def main(
@@ -28,7 +29,7 @@ def main(
     setup_logging()
     cfg = load_section(OverlapParams, "overlap", params)
     expect = weights_identity(load_section(ModelParams, "model", params))
-    cache = FeatureCache(views, expect=expect)
+    cache = FeatureCache(views, expect={**expect, **decode_identity(load_section(DecodeParams, "decode", params))})
     ids = cache.ids
     labels = None
     if cfg.adapter.mode == "supervised":
@@ -39,4 +40,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

@@ -9,7 +9,7 @@ import typer
 from pipeline.manifest import DatasetParams, build_manifest, image_index
 from pipeline.params import load_section
 from pipeline.files import atomic_path
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 
 def main(
@@ -36,4 +36,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

@@ -15,7 +15,7 @@ import typer  # noqa: E402
 
 from pipeline.params import load_section  # noqa: E402
 from pipeline.pretrain import PretrainParams, run  # noqa: E402
-from stages import setup_logging  # noqa: E402
+from stages import expected_errors, setup_logging  # noqa: E402
 
 
 def main(
@@ -33,4 +33,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

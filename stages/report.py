@@ -22,7 +22,7 @@ from pipeline.report.correction import SUFFIX, CorrectionInputs, pair_heads
 from pipeline.report.inputs import cache_identity, load_cdul, load_heads, overlap_inputs
 from pipeline.report.overlap import task_overlap
 from pipeline.runs import TrainParams
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 log = logging.getLogger("stages.report")
 
@@ -83,4 +83,4 @@ def _correction(adapter_path: Path, by_task: dict, before: list, heads: list, ev
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

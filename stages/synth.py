@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from pipeline.params import load_section
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 from pipeline.synth import SynthParams
 from pipeline.synth.dataset import generate
 
@@ -21,4 +21,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))

@@ -16,11 +16,12 @@ from pipeline.cache import FeatureCache
 from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_device, weights_identity
 from pipeline.params import load_section, read_params
 from pipeline.heads import make_head
+from pipeline.imageio import DecodeParams, decode_identity
 from pipeline.runs import (TrainParams, accepts_feature_correction, fit_and_predict, load_task, needs_text_tower,
                            save_head, token_blocks_of, uses_views, write_predictions)
 from pipeline.text import read_text
 from pipeline.files import atomic_path
-from stages import setup_logging
+from stages import expected_errors, setup_logging
 
 
 def main(
@@ -43,8 +44,9 @@ def main(
     head_params = read_params(params).get("heads", {}).get(head)
     prototype = make_head(head, head_params or {})
     expect = weights_identity(model_params)
-    cache = FeatureCache(images, expect=expect)
-    view_cache = FeatureCache(views, expect=expect) if views is not None and uses_views(prototype) else None
+    image_expect = {**expect, **decode_identity(load_section(DecodeParams, "decode", params))}
+    cache = FeatureCache(images, expect=image_expect)
+    view_cache = FeatureCache(views, expect=image_expect) if views is not None and uses_views(prototype) else None
     transform = None
     if overlap_adapter is not None:
         if not accepts_feature_correction(prototype):
@@ -74,4 +76,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    typer.run(expected_errors(main))
