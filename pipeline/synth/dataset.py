@@ -23,8 +23,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -134,14 +136,37 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
         writer.writerows(rows)
 
 
+_JOB: tuple[SynthParams, str, Path] | None = None  # set in each rendering worker (fork: not pickled)
+
+
+def _set_job(params: SynthParams, pool: str, pool_dir: Path) -> None:
+    global _JOB
+    _JOB = (params, pool, pool_dir)
+
+
+def _render_to_file(r: Record) -> list[list[object]]:
+    """Render one record to its PNG; return its box rows."""
+    assert _JOB is not None
+    params, pool, pool_dir = _JOB
+    image, instances = render(r.facts, params.image_size, _rng(params, pool, r.index, 1), params.camera[pool])
+    image.save(pool_dir / r.path, format="PNG")
+    return [[r.path, inst.cls, *(round(v, 1) for v in inst.box)] for inst in instances]
+
+
+def _render_workers() -> int:
+    # Every image has its own seed, so the bytes do not depend on how many processes render.
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
 def write_pool(params: SynthParams, pool: str, records: list[Record], pool_dir: Path) -> None:
     """Render every record to ``pool_dir/images`` and write the pool's CSV files."""
     (pool_dir / "images").mkdir(parents=True)
     boxes: list[list[object]] = []
-    for r in tqdm(records, desc=f"render {pool}", unit="img", mininterval=2.0):
-        image, instances = render(r.facts, params.image_size, _rng(params, pool, r.index, 1), params.camera[pool])
-        image.save(pool_dir / r.path, format="PNG")
-        boxes += [[r.path, inst.cls, *(round(v, 1) for v in inst.box)] for inst in instances]
+    with ProcessPoolExecutor(_render_workers(), mp_context=multiprocessing.get_context("fork"),
+                             initializer=_set_job, initargs=(params, pool, pool_dir)) as workers:
+        for rows in tqdm(workers.map(_render_to_file, records, chunksize=32), total=len(records),
+                         desc=f"render {pool}", unit="img", mininterval=2.0):
+            boxes += rows
     _write_csv(pool_dir / "captions.csv", ["path", "caption"], [[r.path, caption(r.facts)] for r in records])
     _write_csv(pool_dir / "boxes.csv", ["path", "class", "x0", "y0", "x1", "y1"], boxes)
     objects = {r.id: ";".join(r.facts.objects) for r in records}
