@@ -7,8 +7,7 @@ from pathlib import Path
 
 # Before torch loads OpenMP: idle worker threads sleep instead of spinning. Alone this
 # costs ~10% per step; when another stage shares the 2 cores, spinning threads of both
-# processes made each step ~10x slower (measured), which left the budget-bound model
-# half-trained. Set OMP_WAIT_POLICY explicitly to override.
+# processes made each step ~10x slower (measured). Set OMP_WAIT_POLICY explicitly to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
