@@ -1,23 +1,20 @@
 """Turn a labelled image collection into one manifest table.
 
-Two layouts cover the three input formats of the issue:
-
-* ``folders``: ``root/<split>/<class>/*.jpg`` or ``root/<class>/*.jpg``; one
-  single-label task whose labels are the folder names.
-* ``csv``: one or more CSV files joined on the image column. Each task is a
-  ``single`` label column (attribute tables in the Global Streetscapes style:
-  one CSV per attribute or several columns in one CSV; an empty cell means
-  "unlabelled for this attribute") or a ``multi`` label task (one column of
-  ``sep``-joined class names, or one 0/1 column per class).
+``dataset.layout`` picks the reader of one input format from the registry in
+:mod:`pipeline.datasets` (folders, csv, global_streetscapes, coop_split, voc, coco).
+A reader returns the rows (id, image path, split if the format has one, labels);
+everything after that is shared by all layouts and lives here: the image files are
+checked (bad rows named by file and row), missing splits are drawn seeded and
+stratified (:mod:`pipeline.splits`), and the class lists are built.
 
 The manifest has columns ``id``, ``path`` (relative to the dataset root),
 ``split`` and one column per task (a string, or a list of strings for multi
 tasks), sorted by id. Class lists are built once from the union of all splits
-and recorded, in a stable order, in the table's schema metadata.
+and recorded, in a stable order (sorted, the layout's own order such as CoOp's label
+indices, or ``tasks.<t>.classes``), in the table's schema metadata.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,18 +24,15 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import UserError
+from pipeline.datasets import ManifestError, Rows, layout_of
 from pipeline.imageio import PIL_MAX_PIXELS, ImageCheck, check_images, file_digests
-from pipeline.splits import DEFAULT_SPLIT_ALIASES, SPLITS, assign_splits
+from pipeline.splits import SPLITS, assign_splits
 
 log = logging.getLogger(__name__)
 
 META_KEY = b"clipcache"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-class ManifestError(UserError, ValueError):
-    """Bad input data; the message names the file and row."""
+# The names of pipeline.datasets.LAYOUTS (a test checks they agree).
+LayoutName = Literal["folders", "csv", "global_streetscapes", "coop_split", "voc", "coco"]
 
 
 @dataclass(frozen=True)
@@ -54,34 +48,35 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class DatasetParams:
-    """The ``dataset`` section of params.yaml."""
+    """The ``dataset`` section of params.yaml.
+
+    Keys marked with layouts are read by those layouts only (``pipeline.datasets``); setting
+    one for another layout is an error naming the key.
+    """
 
     name: str
     root: str
-    layout: Literal["folders", "csv"]
+    layout: LayoutName
     tasks: dict[str, TaskSpec]
-    csv: tuple[str, ...] = ()
-    image_column: str = "path"
-    id_column: str | None = None
-    split_column: str | None = None
-    split_aliases: dict[str, str] = field(default_factory=dict)
+    csv: tuple[str, ...] = ()                    # csv
+    image_column: str | None = None              # csv ('path'), global_streetscapes ('img_path')
+    id_column: str | None = None                 # csv, global_streetscapes (default: the image path)
+    split_column: str | None = None              # csv
+    split_aliases: dict[str, str] = field(default_factory=dict)  # csv, folders
+    # csv, folders: the seeded split of data without splits
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.6, "val": 0.2, "test": 0.2})
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2                    # val carved from train when the data has no val
     split_seed: int = 0
+    classnames_file: str | None = None           # folders: '<folder> <class name>' lines
+    label_case: Literal["lower", "keep"] = "lower"  # global_streetscapes (labels are always stripped)
+    split_file: str | None = None                # coop_split (default: the one split_zhou_*.json in the root)
+    image_dir: str | None = None                 # coop_split (default: the root), voc (JPEGImages)
+    include_difficult: bool = True               # voc (as CDUL's reference)
+    annotations: dict[str, str] = field(default_factory=dict)  # coco: split -> instances JSON
+    image_dirs: dict[str, str] = field(default_factory=dict)   # coco: split -> image folder
     on_error: Literal["strict", "skip"] = "strict"
     verify_images: bool = True
     max_image_pixels: int | None = None  # null: PIL's default limit (decompression bombs)
-
-
-@dataclass
-class Rows:
-    """Column-wise rows while a manifest is being assembled."""
-
-    ids: list[str] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    splits: list[str | None] = field(default_factory=list)
-    labels: dict[str, list] = field(default_factory=dict)
-    sources: list[str] = field(default_factory=list)  # "file:row" for error messages
 
 
 def build_manifest(params: DatasetParams, root: Path | None = None) -> tuple[pa.Table, list[dict]]:
@@ -89,16 +84,18 @@ def build_manifest(params: DatasetParams, root: Path | None = None) -> tuple[pa.
     root = Path(root or params.root)
     if not root.is_dir():
         raise ManifestError(f"dataset.root: directory {root} does not exist")
-    rows = _read_folders(params, root) if params.layout == "folders" else _read_csvs(params, root)
+    rows = layout_of(params).read(params, root)
     skipped = _check_rows(rows, params, root)
     rows = _drop(rows, {s["source"] for s in skipped})
     if not rows.ids:
         raise ManifestError(f"{root}: no usable images found")
+    strata = rows.strata if rows.strata is not None else _stratify_key(rows, params)
     try:
-        splits = assign_splits(rows.splits, _stratify_key(rows, params), params)
+        splits = assign_splits(rows.splits, strata, params)
     except ValueError as exc:
         raise ManifestError(f"{root}: {exc}") from exc
-    classes = {name: _class_list(name, spec, rows.labels[name]) for name, spec in params.tasks.items()}
+    classes = {name: _class_list(name, spec, rows.labels[name], rows.class_order.get(name))
+               for name, spec in params.tasks.items()}
     table = _to_table(rows, splits, params, classes)
     log.info("manifest: %d rows, %d skipped, splits %s", table.num_rows, len(skipped),
              {s: splits.count(s) for s in SPLITS})
@@ -128,109 +125,6 @@ def image_index(table: pa.Table, root: Path) -> pa.Table:
     digests = file_digests([root / p for p in paths])
     return pa.table({"id": table.column("id"), "path": table.column("path"),
                      "sha256": pa.array(digests, pa.string())})
-
-
-# --- readers ---------------------------------------------------------------------------------
-
-
-def _read_folders(params: DatasetParams, root: Path) -> Rows:
-    if len(params.tasks) != 1 or next(iter(params.tasks.values())).type != "single":
-        raise ManifestError("dataset.tasks: the folders layout has exactly one single-label task")
-    task = next(iter(params.tasks))
-    aliases = {**DEFAULT_SPLIT_ALIASES, **params.split_aliases}
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    split_dirs = [p for p in subdirs if aliases.get(p.name, p.name) in SPLITS]
-    rows = Rows(labels={task: []})
-    tops = [(d, aliases.get(d.name, d.name)) for d in split_dirs] if split_dirs else [(root, None)]
-    for top, split in tops:
-        for class_dir in sorted(p for p in top.iterdir() if p.is_dir()):
-            for img in sorted(class_dir.rglob("*")):
-                # Any entry named like an image is a row, so a directory or broken link named
-                # x.jpg is reported by name instead of silently left out.
-                if img.suffix.lower() in IMAGE_SUFFIXES:
-                    rel = img.relative_to(root).as_posix()
-                    _append(rows, rel, rel, split, {task: class_dir.name}, f"{rel}:-")
-    return rows
-
-
-def _read_csvs(params: DatasetParams, root: Path) -> Rows:
-    if not params.csv:
-        raise ManifestError("dataset.csv: the csv layout needs at least one CSV file")
-    merged: dict[str, dict[str, str]] = {}
-    where: dict[str, str] = {}
-    for name in params.csv:
-        path = root / name
-        if not path.is_file():
-            raise ManifestError(f"dataset.csv: {path} does not exist")
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            if params.image_column not in (reader.fieldnames or []):
-                raise ManifestError(f"{path}: no column '{params.image_column}' (dataset.image_column)")
-            for i, rec in enumerate(reader, start=2):  # row 1 is the header
-                key = (rec.get(params.image_column) or "").strip()
-                if not key:
-                    raise ManifestError(f"{path}:{i}: empty '{params.image_column}' cell")
-                _merge_record(merged.setdefault(key, {}), rec, f"{path}:{i}")
-                where.setdefault(key, f"{path}:{i}")
-    rows = Rows(labels={t: [] for t in params.tasks})
-    for key in merged:
-        rec = merged[key]
-        rid = rec.get(params.id_column) if params.id_column else key
-        split = rec.get(params.split_column) if params.split_column else None
-        labels = {t: _parse_label(spec, rec, t, where[key]) for t, spec in params.tasks.items()}
-        _append(rows, str(rid), key, split or None, labels, where[key])
-    _check_columns(params, merged, where)
-    return rows
-
-
-def _merge_record(target: dict[str, str], rec: dict[str, str], source: str) -> None:
-    for col, val in rec.items():
-        val = (val or "").strip()
-        if col in target and target[col] and val and target[col] != val:
-            raise ManifestError(f"{source}: column '{col}' is '{val}' here but '{target[col]}' in an earlier CSV")
-        if val or col not in target:
-            target[col] = val
-
-
-def _check_columns(params: DatasetParams, merged: dict, where: dict) -> None:
-    seen = set().union(*(rec.keys() for rec in merged.values())) if merged else set()
-    needed = [(f"dataset.tasks.{t}.column", s.column) for t, s in params.tasks.items() if s.column]
-    needed += [(f"dataset.tasks.{t}.columns", c) for t, s in params.tasks.items() for c in (s.columns or ())]
-    needed += [("dataset.split_column", params.split_column)] if params.split_column else []
-    needed += [("dataset.id_column", params.id_column)] if params.id_column else []
-    for key, col in needed:
-        if col not in seen:
-            raise ManifestError(f"{key}: column '{col}' is in none of {list(params.csv)}")
-
-
-def _parse_label(spec: TaskSpec, rec: dict[str, str], task: str, source: str):
-    if spec.type == "single":
-        if not spec.column:
-            raise ManifestError(f"dataset.tasks.{task}.column: a single-label task names its column")
-        return rec.get(spec.column) or None
-    if spec.columns:
-        values = {c: rec.get(c, "") for c in spec.columns}
-        bad = {c: v for c, v in values.items() if v not in ("0", "1", "")}
-        if bad:
-            raise ManifestError(f"{source}: task '{task}' expects 0/1 cells, got {bad}")
-        if all(v == "" for v in values.values()):
-            return None
-        return [c for c, v in values.items() if v == "1"]
-    if not spec.column:
-        raise ManifestError(f"dataset.tasks.{task}: a multi-label task names 'column' or 'columns'")
-    cell = rec.get(spec.column)
-    if cell is None:
-        return None
-    return sorted({c.strip() for c in cell.split(spec.sep) if c.strip()})
-
-
-def _append(rows: Rows, rid: str, path: str, split: str | None, labels: dict, source: str) -> None:
-    rows.ids.append(rid)
-    rows.paths.append(path)
-    rows.splits.append(split)
-    rows.sources.append(source)
-    for task, value in labels.items():
-        rows.labels[task].append(value)
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -268,22 +162,19 @@ def _check_rows(rows: Rows, params: DatasetParams, root: Path) -> list[dict]:
 def _drop(rows: Rows, sources: set[str]) -> Rows:
     if not sources:
         return rows
-    keep = [i for i, s in enumerate(rows.sources) if s not in sources]
-    return Rows(
-        ids=[rows.ids[i] for i in keep], paths=[rows.paths[i] for i in keep],
-        splits=[rows.splits[i] for i in keep], sources=[rows.sources[i] for i in keep],
-        labels={t: [v[i] for i in keep] for t, v in rows.labels.items()},
-    )
+    return rows.keep([i for i, s in enumerate(rows.sources) if s not in sources])
 
 
-def _class_list(task: str, spec: TaskSpec, values: list) -> list[str]:
-    """Classes from the union of all splits; sorted unless params fix the order."""
+def _class_list(task: str, spec: TaskSpec, values: list, order: list[str] | None = None) -> list[str]:
+    """Classes from the union of all splits: in params' order, else the layout's, else sorted."""
     seen: set[str] = set()
     for v in values:
         if v is not None:
             seen.update(v if isinstance(v, list) else [v])
     if spec.type == "multi" and spec.columns:
         seen.update(spec.columns)
+    if spec.classes is None and order is not None:
+        return [c for c in order if c in seen] + sorted(seen - set(order))
     if spec.classes is None:
         return sorted(seen)
     unknown = sorted(seen - set(spec.classes))
@@ -315,4 +206,6 @@ def _to_table(rows: Rows, splits: list[str], params: DatasetParams, classes: dic
         "root": params.root,
         "tasks": {t: {"type": s.type, "classes": classes[t]} for t, s in params.tasks.items()},
     }
+    if rows.meta:  # folders and csv manifests stay byte-identical to earlier versions
+        meta["layout"] = {"name": params.layout, **rows.meta}
     return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
