@@ -196,15 +196,68 @@ def test_validation_truth_only_selects_the_epoch():
     assert mean_average_precision(y_val, clf.predict_proba(x_val)) == pytest.approx(max(val_maps))
 
 
-def test_gradient_alignment_step_closed_form_for_bce():
-    # d BCEWithLogits(f, y) / dy = -f, so Eq. 7 is z + step * psi(y) * f.
-    z = torch.tensor([[-2.0, 0.0, 1.5]])
-    f = torch.tensor([[3.0, -1.0, 0.5]])
-    new = gradient_alignment_step(z, f, "bce", step=0.5, sigma=1.0)
-    y = torch.sigmoid(z)
-    psi = torch.exp(-0.5 * (y - 0.5) ** 2) / math.sqrt(2 * math.pi)
-    torch.testing.assert_close(new, z + 0.5 * psi * f)
-    assert gaussian_psi(torch.tensor(0.5), 1.0) == pytest.approx(1 / math.sqrt(2 * math.pi))
+def reference_psi(y: np.ndarray, sigma: float) -> np.ndarray:
+    """CDUL Eq. 8 (as in cs-mshah/CDUL's train.py): Gaussian density at y, mean 0.5, std sigma."""
+    return np.exp(-0.5 * ((y - 0.5) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+
+
+def reference_dloss_dy(y: np.ndarray, f: np.ndarray, kind: str) -> np.ndarray:
+    """Per-element derivative of the pseudo-label loss w.r.t. the labels y, worked out by hand.
+
+    bce: BCEWithLogits(f, y) = softplus(f) - y f, so dL/dy = -f.
+    kl:  t = y / sum(y), L = sum_j t_j (log t_j - log softmax(f)_j); with the quotient rule
+         dL/dy_k = (log t_k - log softmax(f)_k - L) / sum(y).
+    """
+    if kind == "bce":
+        return -f
+    s = y.sum(axis=1, keepdims=True)
+    t = y / s
+    log_p = f - np.log(np.exp(f).sum(axis=1, keepdims=True))
+    loss = (t * (np.log(t) - log_p)).sum(axis=1, keepdims=True)
+    return (np.log(t) - log_p - loss) / s
+
+
+def reference_alignment(z: np.ndarray, f: np.ndarray, kind: str, step: float, sigma: float) -> np.ndarray:
+    """Eq. 7: z <- z - step * psi(y) * dL/dy with y = sigmoid(z) (float64, numpy only)."""
+    y = 1 / (1 + np.exp(-z))
+    return z - step * reference_psi(y, sigma) * reference_dloss_dy(y, f, kind)
+
+
+@pytest.mark.parametrize("kind", ["bce", "kl"])
+@pytest.mark.parametrize("sigma, step", [(0.3, 0.5), (1.0, 1.0), (2.5, 3.0)])
+def test_gradient_alignment_step_matches_the_reference_formula(kind, sigma, step):
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, (5, 4))
+    f = rng.normal(0, 2, (5, 4))
+    got = gradient_alignment_step(torch.tensor(z), torch.tensor(f), kind, step=step, sigma=sigma)
+    want = reference_alignment(z, f, kind, step, sigma)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-9)
+    assert np.abs(want - z).max() > 1e-2  # the step is not negligible, so a wrong psi or gradient shows
+    np.testing.assert_allclose(gaussian_psi(torch.tensor(z), sigma).numpy(), reference_psi(z, sigma), rtol=1e-6)
+
+
+def test_gradient_alignment_bce_closed_form_moves_towards_the_head():
+    # d BCEWithLogits(f, y) / dy = -f, so Eq. 7 is z + step * psi(y) * f: labels follow the head's sign.
+    z = torch.zeros(1, 2, dtype=torch.float64)
+    new = gradient_alignment_step(z, torch.tensor([[3.0, -3.0]], dtype=torch.float64), "bce", step=1.0, sigma=0.5)
+    assert new[0, 0] > 0 > new[0, 1]
+    assert gaussian_psi(torch.tensor(0.5), 0.5) == pytest.approx(1 / (0.5 * math.sqrt(2 * math.pi)))
+
+
+@pytest.mark.parametrize("loss, sigma, step", [("bce", 0.4, 2.0), ("kl", 2.0, 3.0)])
+def test_fit_updates_labels_with_its_sigma_step_and_loss(loss, sigma, step):
+    """One update after epoch 1 of 2 equals Eq. 7 applied with the head as it was after epoch 1."""
+    x, _, pseudo = make_set(200, 7)
+    common = dict(loss=loss, label_sigma=sigma, label_step=step, seed=3, **FAST)
+    after_one = CdulClassifier(**{**common, "epochs": 1, "update_every": 0}).fit(x, pseudo)
+    two = CdulClassifier(**{**common, "epochs": 2, "update_every": 1}).fit(x, pseudo)
+    y0 = np.clip(pseudo.astype(np.float64), 1e-4, 1 - 1e-4)  # initial labels kept off 0/1 (documented)
+    z0 = np.log(y0 / (1 - y0))
+    want = 1 / (1 + np.exp(-reference_alignment(z0, after_one.decision_function(x).astype(np.float64),
+                                                loss, step, sigma)))
+    np.testing.assert_allclose(two.pseudo_labels_, want, atol=1e-5)
+    assert np.abs(two.pseudo_labels_ - y0).max() > 0.05  # the update is visible
+    assert two.history_[0]["label_change"] == pytest.approx(np.abs(want - y0).mean(), abs=1e-5)
 
 
 def test_kl_variant_runs_and_returns_distributions():

@@ -299,10 +299,29 @@ def test_teacher_momentum_follows_dinos_cosine_schedule():
 def test_dino_head_outputs_cosines_to_normalised_prototypes():
     torch.manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(4, DIM), dim=-1)
-    for layers in (0, 3):
-        head = DinoHead(DIM, out_dim=16, hidden_dim=32, bottleneck_dim=8, n_layers=layers)
-        out = head(x)
-        assert out.shape == (4, 16) and out.abs().max() <= 1.0 + 1e-6
+    gelu = torch.nn.functional.gelu
+    normalize = torch.nn.functional.normalize
+    # n_layers = 3 (DINO's DINOHead): Linear-GELU-Linear-GELU-Linear to the bottleneck, L2-normalised,
+    # then cosines to the L2-normalised prototypes; written out with the raw weights.
+    head = DinoHead(DIM, out_dim=16, hidden_dim=32, bottleneck_dim=8, n_layers=3)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(32, DIM), (32, 32), (8, 32)]
+    with torch.no_grad():  # DINO's init is tiny (std 0.02): give the MLP weights that make every layer count
+        for m in linears:
+            m.weight.normal_(0, 0.5)
+            m.bias.normal_(0, 0.5)
+    (w1, b1), (w2, b2), (w3, b3) = [(m.weight, m.bias) for m in linears]
+    z = normalize(gelu(gelu(x @ w1.T + b1) @ w2.T + b2) @ w3.T + b3, dim=-1)
+    expected = z @ normalize(head.prototypes, dim=-1).T
+    torch.testing.assert_close(head(x), expected)
+    assert head(x).shape == (4, 16) and expected.std() > 0.1
+    # The prototypes' norm does not matter (weight norm fixed to 1).
+    with torch.no_grad():
+        scaled = head(x).clone()
+        head.prototypes.mul_(7.0)
+    torch.testing.assert_close(head(x), scaled)
+    # n_layers = 0: no MLP, the prototypes act on the (already normalised) input.
     head = DinoHead(DIM, out_dim=16, n_layers=0)
-    expected = x @ torch.nn.functional.normalize(head.prototypes, dim=-1).T
+    assert len(head.mlp) == 0
+    expected = x @ normalize(head.prototypes, dim=-1).T
     torch.testing.assert_close(head(x), expected)

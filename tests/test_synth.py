@@ -79,12 +79,32 @@ def test_bench_layout_and_columns(tiny: Path) -> None:
 def test_bench_splits_and_objects(tiny: Path) -> None:
     bench = tiny / "bench"
     assert Counter(r["split"] for r in _rows(bench / "splits.csv")) == {"train": 30, "val": 10, "test": 20}
-    objects = [r["objects"] for r in _rows(bench / "objects.csv")]
-    assert "" in objects or all(objects)  # empty string (not a placeholder) when none
-    for value in filter(None, objects):
+    rows = _rows(bench / "objects.csv")
+    plan = plan_bench(default_params(**TINY))
+    assert [r["path"] for r in rows] == [p.path for p in plan]
+    # Each row lists exactly its planned objects, ';'-joined in OBJECT_CLASSES order.
+    assert [r["objects"] for r in rows] == [";".join(p.facts.objects) for p in plan]
+    assert len({r["objects"] for r in rows}) > 3  # the rows really differ
+    for value in filter(None, (r["objects"] for r in rows)):
         names = value.split(";")
-        assert set(names) <= set(OBJECT_CLASSES) and len(names) == len(set(names))
+        assert names == [c for c in OBJECT_CLASSES if c in names]
+    # ... and what is drawn: every listed class has a box in boxes.csv, and nothing unlisted is drawn.
+    drawn: dict[str, set[str]] = {}
+    for b in _rows(bench / "boxes.csv"):
+        drawn.setdefault(b["path"], set()).add(b["class"])
+    for r in rows:
+        assert drawn.get(r["path"], set()) == set(filter(None, r["objects"].split(";"))), r
     assert all(r["caption"].endswith(".") for r in _rows(bench / "captions.csv"))
+
+
+def test_image_without_objects_writes_an_empty_cell(tmp_path: Path) -> None:
+    params = default_params(**TINY)
+    empty = dataset.Record("s000000", 0, "train", SceneFacts("clear", "day", "no", ()))
+    full = dataset.Record("s000001", 1, "test", SceneFacts("rainy", "night", "yes", ("car", "sign")))
+    dataset.write_pool(params, "bench", [empty, full], tmp_path / "bench")
+    rows = _rows(tmp_path / "bench" / "objects.csv")
+    assert [(r["path"], r["objects"]) for r in rows] == [("images/s000000.png", ""), ("images/s000001.png", "car;sign")]
+    assert "no notable objects" in _rows(tmp_path / "bench" / "captions.csv")[0]["caption"]
 
 
 def test_pretrain_layout(tiny: Path) -> None:
