@@ -17,7 +17,8 @@ from pipeline.heads.clip_adapter import ClipAdapterHead
 from pipeline.heads.tip_adapter import TipAdapterHead, search_grid
 from pipeline.heads.zero_shot import ZeroShotHead
 from pipeline.heads.zeror import ZeroRHead
-from tests.test_heads_support import LOGIT_SCALE, make_task, normalise, one_thread  # noqa: F401 (autouse fixture)
+from tests.test_heads_support import (LEARNING, LOGIT_SCALE, SWAPPED, make_probe_task, make_task,  # noqa: F401
+                                      normalise, one_thread)
 
 # Short schedules: the suite checks the machinery, not the papers' numbers.
 FAST: dict[str, dict] = {
@@ -80,9 +81,47 @@ def test_fit_returns_self_and_params_round_trip(name, task):
         assert head.fit(task.train, task.y_train, text=task.text) is head
 
 
-@pytest.mark.parametrize("name", TRAINED)
-def test_trained_heads_beat_zeror(name, task, fitted):
-    assert accuracy(fitted[name], task) > accuracy(fitted["zeror"], task)
+# -- learning: on the hard task zero-shot is wrong for two classes -------------
+
+@pytest.fixture(scope="module")
+def hard():
+    return make_task(centres=SWAPPED)
+
+
+def fit_on(name: str, params: dict, task):
+    return make_head(name, params).fit(task.train, task.y_train, text=task.text, X_val=task.val, y_val=task.y_val)
+
+
+def test_hard_task_defeats_zero_shot(hard):
+    """The precondition of the learning tests: without learning from the rows, 0.5 at best."""
+    zero_shot = ZeroShotHead().fit(hard.train, hard.y_train, text=hard.text)
+    assert accuracy(zero_shot, hard) == 0.5
+    assert accuracy(fit_on("zeror", {}, hard), hard) == 0.25
+
+
+@pytest.mark.parametrize("name", sorted(LEARNING))
+def test_training_beats_the_untrained_head(name, hard):
+    """Training (not the initialisation, nor Tip-Adapter-F's alpha/beta search) fixes the swap,
+    and the validation loss the loop records falls."""
+    params = LEARNING[name]
+    untrained = fit_on(name, {**params, "epochs": 0}, hard)
+    trained = fit_on(name, params, hard)
+    assert untrained.epochs_run_ == 0 and untrained.history_ == []
+    assert accuracy(untrained, hard) <= 0.5
+    assert accuracy(trained, hard) >= 0.9
+    assert trained.epochs_run_ == len(trained.history_) == params["epochs"]
+    val_loss = [record["val_loss"] for record in trained.history_]
+    assert val_loss[-1] < 0.8 * val_loss[0]
+
+
+def test_training_free_heads_learn_from_the_rows(hard):
+    """Linear probe fits the rows; Tip-Adapter's cache overrides the swapped text once its
+    alpha grid (search_scale) reaches far enough, and not with the reference's [7, 3]."""
+    assert accuracy(fit_on("linear_probe", dict(search_steps=2, c_grid=(1e2, 1.0, 1e-2)), hard), hard) >= 0.9
+    narrow = fit_on("tip_adapter", dict(search_step=(20, 20), device="cpu"), hard)
+    wide = fit_on("tip_adapter", dict(search_step=(20, 20), search_scale=(7, 30), device="cpu"), hard)
+    assert accuracy(narrow, hard) == 0.5 and narrow.alpha_ < 3
+    assert accuracy(wide, hard) >= 0.9 and wide.alpha_ > 3
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -211,10 +250,59 @@ def test_clip_adapter_blend(task, fitted):
     np.testing.assert_allclose(head.predict_proba(task.test), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_linear_probe_search_and_fixed_c(task, fitted):
-    head = fitted["linear_probe"]
-    assert head.C_ in head.search_log_
-    assert set(head.get_params()["c_grid"]) <= set(head.search_log_)
+def reference_c_search(x, y, x_val, y_val, grid, steps):
+    """CoOp lpclip/linear_probe.py, transcribed: grid sweep, then the binary search in log10
+    space (``acc_left < acc_right`` goes right, else left). Returns (C, moves, ties)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def val_acc(c):
+        clf = LogisticRegression(C=c, solver="lbfgs", max_iter=1000).fit(x, y)  # L2 is the default
+        return np.sum(clf.predict(x_val) == y_val) / len(y_val)
+
+    c_peak = grid[int(np.argmax([val_acc(c) for c in grid]))]
+    c_left, c_right = 1e-1 * c_peak, 1e1 * c_peak
+    moves, ties = "", 0
+    for _ in range(steps):
+        acc_left, acc_right = val_acc(c_left), val_acc(c_right)
+        ties += acc_left == acc_right
+        if acc_left < acc_right:
+            c_final, moves = c_right, moves + "R"
+            c_left = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_right = np.log10(c_right)
+        else:
+            c_final, moves = c_left, moves + "L"
+            c_right = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_left = np.log10(c_left)
+        c_left, c_right = np.power(10, c_left), np.power(10, c_right)
+    return c_final, moves, ties
+
+
+@pytest.mark.parametrize("seed, steps, path", [
+    (4, 8, "LRRLLLLL"),  # ties in the refinement; the peak is unique
+    (2, 5, "RLLLR"),     # the grid's best accuracy is tied (first one wins); last two moves differ
+])
+def test_linear_probe_c_search_matches_reference_protocol(task, seed, steps, path):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    (train, y), (val, y_val) = make_probe_task(seed)
+    grid = (1e2, 1.0, 1e-2, 1e-4)  # the default grid's large C only cost time here
+    head = make_head("linear_probe", {"c_grid": grid, "search_steps": steps}).fit(
+        train, y, text=task.text, X_val=val, y_val=y_val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        c_ref, moves, ties = reference_c_search(train.cls, y, val.cls, y_val, grid, steps)
+        ref_model = LogisticRegression(C=c_ref, solver="lbfgs", max_iter=1000).fit(train.cls, y)
+    # the draws exercise both directions, ties and an off-grid result
+    assert moves == path and ties > 0 and c_ref not in grid
+    assert head.C_ == pytest.approx(c_ref, rel=1e-9)
+    np.testing.assert_allclose(head.predict_proba(val), ref_model.predict_proba(val.cls), atol=1e-6)
+
+
+def test_linear_probe_fixed_c_skips_the_search(task):
     fixed = make_head("linear_probe", {"C": 0.5}).fit(
         task.train, task.y_train, text=task.text, X_val=task.val, y_val=task.y_val)
     assert fixed.C_ == 0.5 and fixed.search_log_ == {}
+    assert fixed.model_.C == 0.5

@@ -84,12 +84,13 @@ def tip_logits(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch.
 
 
 def search_alpha_beta(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor,
-                      y: np.ndarray, scale: tuple[float, float],
-                      steps: tuple[int, int]) -> tuple[float, float, float]:
-    """(alpha, beta, val accuracy) by the reference's exhaustive grid search."""
+                      y: np.ndarray, scale: tuple[float, float], steps: tuple[int, int],
+                      init: tuple[float, float] = (REF_INIT_ALPHA, REF_INIT_BETA)) -> tuple[float, float, float]:
+    """(alpha, beta, val accuracy) by the reference's exhaustive grid search; an empty grid
+    (a step of 0) keeps ``init``, the head's (alpha, beta), and reports accuracy -1/len(y)."""
     target = torch.as_tensor(y, device=clip_logits.device)
     betas, alphas = search_grid(scale[0], steps[0]), search_grid(scale[1], steps[1])
-    best = (-1, REF_INIT_ALPHA, REF_INIT_BETA)
+    best = (-1, *init)
     for beta in betas:
         cache_logits = torch.exp(-beta * (1.0 - affinity)) @ values
         for alpha in alphas:
@@ -128,7 +129,7 @@ class TipAdapterHead(BaseHead):
             clip_logits, affinity = self._parts(X_val.cls, affinity_features(X_val))
             self.alpha_, self.beta_, acc = search_alpha_beta(
                 clip_logits, affinity, self._t(self.values_), y_val,
-                tuple(self.search_scale), tuple(self.search_step))
+                tuple(self.search_scale), tuple(self.search_step), init=(self.alpha_, self.beta_))
             logger.info("tip_adapter: alpha=%.3f beta=%.3f (val acc %.4f)", self.alpha_, self.beta_, acc)
         return 0
 

@@ -127,6 +127,6 @@ class TipAdapterFHead(TorchHead):
             clip_logits, affinity = net.parts(feats, aff)
             net.alpha, net.beta, acc = search_alpha_beta(
                 clip_logits, affinity, net.values, y_val,
-                tuple(self.search_scale), tuple(self.search_step))
+                tuple(self.search_scale), tuple(self.search_step), init=(net.alpha, net.beta))
             logger.info("tip_adapter_f: alpha=%.3f beta=%.3f (val acc %.4f)", net.alpha, net.beta, acc)
         self.alpha_, self.beta_ = net.alpha, net.beta
