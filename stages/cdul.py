@@ -70,7 +70,8 @@ def train(manifest: Path = typer.Option(...), images: Path = typer.Option(...), 
     _write_json(out_dir / "metrics.json", {"task": cfg.task, "test_mAP": round(report["mAP"], 4),
                                            "pseudo_final_test_mAP": round(report["pseudo_final_test"], 4),
                                            "f1@0.5": report["f1@0.5"], "f1@val_threshold": report.get("f1@val_threshold"),
-                                           "fit": report["fit"]})
+                                           # wall time and memory vary by machine: details.json only
+                                           "fit": {"trainable_params": report["fit"]["trainable_params"]}})
     _write_json(out_dir / "details.json", report)
 
 

@@ -36,7 +36,7 @@ def test_reports_match_sklearn_and_summary_averages_seeds():
     accs = [r["accuracy"] for r in reports if r["shots"] == "16"]
     assert np.isclose(out["shots_16"]["accuracy"], round(np.mean(accs), 4))
     assert np.isclose(out["shots_16"]["accuracy_std"], round(np.std(accs, ddof=1), 4))
-    assert out["fit"]["trainable_params"] == 10
+    assert out["fit"] == {"trainable_params": 10}  # times and memory vary by machine: not a DVC metric
     curve = fewshot_rows("h", reports)
     assert [(r["head"], r["task"], r["shots"]) for r in curve] == [("h", "weather", "2"), ("h", "weather", "16")]
     for r in curve:

@@ -124,16 +124,15 @@ def best_heads(heads: Sequence[HeadEval], tasks: Sequence[str], shots: str, metr
 def fit_cost(head: HeadEval, task: str, shots: str) -> dict[str, float] | None:
     """Trainable params (max), wall time (mean) and peak memory (max) over the seeds at ``shots``.
 
-    From details.json's per-run fit stats; falls back to metrics.json's fit
-    summary (averaged over all shots) when details are missing.
+    From details.json's per-run fit stats (metrics.json keeps only the parameter
+    count, since times and memory vary by machine); None when details are missing.
     """
     runs = [f for f in head.fit if f.get("task") == task and str(f.get("shots")) == shots]
     if runs:
         return {"trainable_params": max(float(f["trainable_params"]) for f in runs),
                 "wall_time_s": float(np.mean([f["wall_time_s"] for f in runs])),
                 "peak_memory_mb": max(float(f["peak_memory_mb"]) for f in runs)}
-    fit = head.summary.get(task, {}).get("fit")
-    return {k: float(fit[k]) for k in FIT_STATS} if fit else None
+    return None
 
 
 def cost_table(heads: Sequence[HeadEval], tasks: Sequence[str], shots: str) -> Table:
