@@ -18,17 +18,20 @@ preprocessing) is recorded in every cache and checked by every reader.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import open_clip
 import torch
 import torch.nn.functional as F
 
 from pipeline.errors import UserError
 from pipeline.files import sha256_file
+
+# open_clip (and torchvision's model zoo it imports) is imported where a model is built:
+# most stages only read caches and need no more than the version string.
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,13 @@ def is_checkpoint_path(pretrained: str) -> bool:
     return "/" in pretrained or Path(pretrained).suffix in CHECKPOINT_SUFFIXES
 
 
+def open_clip_version() -> str:
+    """open_clip's version without importing it (importing it takes about a second)."""
+    return importlib.metadata.version("open_clip_torch")
+
+
 def register_configs(config_dir: str | None) -> None:
+    import open_clip
     if config_dir is None:
         return
     path = Path(config_dir)
@@ -103,6 +112,8 @@ def register_configs(config_dir: str | None) -> None:
 
 def load_model(params: ModelParams, device: torch.device | str = "cpu") -> LoadedModel:
     """Create the model, load its weights and return it in eval mode with its identity."""
+    import open_clip
+
     device = torch.device(device)
     register_configs(params.config_dir)
     if params.name not in open_clip.list_models():
@@ -124,7 +135,7 @@ def load_model(params: ModelParams, device: torch.device | str = "cpu") -> Loade
 
 def weights_identity(params: ModelParams) -> dict[str, Any]:
     """What a reader expects of a cache made with these model params (no model is built)."""
-    identity: dict[str, Any] = {"model": params.name, "open_clip_version": open_clip.__version__}
+    identity: dict[str, Any] = {"model": params.name, "open_clip_version": open_clip_version()}
     pretrained = params.pretrained
     if pretrained is None:
         identity["weights"] = f"random-init:seed={params.seed}"
@@ -138,6 +149,7 @@ def weights_identity(params: ModelParams) -> dict[str, Any]:
 
 
 def preprocess_identity(model: torch.nn.Module) -> dict:
+    import open_clip
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size")
     return {
