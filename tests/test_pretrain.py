@@ -185,14 +185,15 @@ def test_params_yaml_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_budget_beats_baselines(tmp_path: Path) -> None:
-    """Full default run (~1.5 min rendering + ~4.6 min training on an otherwise idle 2-core machine).
+    """Full default run (~1 min rendering + ~6 min training on an otherwise idle 2-core machine).
 
     Margins are loose. Measured with the default cameras (bench: far objects and
-    a washed-out webcam look, so zero-shot is deliberately off its ceiling there):
-    pretrain val 0.98 vs 0.39 (weather), 1.0 vs 0.64 (lighting), 0.995 vs 0.88
-    (glare), 0.51 vs 0.30 (object mAP vs prior); bench val 0.81 vs 0.37,
-    0.81 vs 0.59, 0.95 vs 0.87, 0.37 vs 0.31, and 0.44 object mAP from the max
-    over 3 x 3 tiles (far objects show up in upsampled tiles).
+    a washed-out webcam look, so zero-shot is deliberately off its ceiling there)
+    and CLIP's fixed temperature (100): pretrain val 0.91 vs 0.39 (weather),
+    1.0 vs 0.64 (lighting), 0.98 vs 0.88 (glare), 0.45 vs 0.30 (object mAP vs
+    prior); bench val 0.70 vs 0.39, 0.82 vs 0.60, 0.92 vs 0.86, 0.36 vs 0.30,
+    and 0.39 object mAP from the max over 3 x 3 tiles (far objects show up in
+    upsampled tiles).
     """
     data = generate(default_params(), tmp_path / "synthstreets")
     m = run(default_pretrain_params(), data, tmp_path / "m.pt", tmp_path / "m.json")
@@ -204,4 +205,4 @@ def test_default_budget_beats_baselines(tmp_path: Path) -> None:
         assert r["objects_map"] > r["objects_prior"] + objects_margin
     bench = m["bench_val"]
     assert bench["weather_acc"] < 0.9  # the webcam look miscalibrates the prompts (room for few-shot heads)
-    assert bench["objects_map_tiles3_max"] > bench["objects_map"] + 0.02  # small objects: tiles help
+    assert bench["objects_map_tiles3_max"] > bench["objects_map"] + 0.01  # small objects: tiles help

@@ -168,7 +168,7 @@ def default_params(**overrides: object) -> SynthParams:
         image_size=96,
         n_pretrain=6000,
         pretrain_val_frac=0.1,
-        n_train=1200,
+        n_train=800,
         n_val=300,
         n_test=600,
         weather_probs={"clear": 0.40, "cloudy": 0.25, "rainy": 0.18, "snowy": 0.10, "foggy": 0.07},
