@@ -129,10 +129,10 @@ def test_learned_temperature_is_still_possible(data: Path) -> None:
     params = default_pretrain_params(**{**TINY_TRAIN, "max_steps": 2, "logit_scale": None})
     torch.manual_seed(params.seed)
     model, preprocess, tokenizer = build_model(params.model)
-    start = float(model.logit_scale)
+    start = model.logit_scale.item()
     rows = [r for r in read_csv(data / "pretrain" / "facts.csv") if r["split"] == "train"][:16]
     fit(model, tokenizer, load_pool(data / "pretrain", rows, preprocess, "test"), params)
-    assert model.logit_scale.requires_grad and float(model.logit_scale) != start
+    assert model.logit_scale.requires_grad and model.logit_scale.item() != start
 
 
 def test_run_metrics_match_an_independent_zero_shot_computation(data: Path, tmp_path: Path) -> None:
