@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline.errors import UserError
 from pipeline.files import sha256_file
+from pipeline.params import load_section
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ class DecodeParams:
 def decode_identity(params: DecodeParams) -> dict:
     """What an image cache records (and a reader expects) of the decoding."""
     return {"decode": {"exif_transpose": params.exif_transpose}}
+
+
+def expected_decode(params_file: Path | str) -> dict:
+    """What a reader expects an image, tiles or views cache to record of the decoding:
+    the ``decode`` section of ``params_file``."""
+    return decode_identity(load_section(DecodeParams, "decode", params_file))
 
 
 @dataclass(frozen=True)

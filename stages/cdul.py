@@ -14,7 +14,8 @@ from pipeline.cache import FeatureCache
 from pipeline.cdul import CdulParams
 from pipeline.cdul.protocol import multi_hot, pseudo_labels, quality_by_split, scores_table, train_and_test
 from pipeline.encoders import ModelParams, weights_identity
-from pipeline.imageio import DecodeParams, decode_identity
+from pipeline.errors import UserError
+from pipeline.imageio import expected_decode
 from pipeline.files import atomic_path
 from pipeline.params import load_section
 from pipeline.runs import save_head
@@ -23,11 +24,6 @@ from stages import expected_errors, setup_logging
 
 app = typer.Typer(add_completion=False, help=__doc__)
 PARAMS = typer.Option(Path("params.yaml"), help="params file")
-
-
-def _image_expect(expect: dict, params: Path) -> dict:
-    """What an image or tiles cache must record: the weights and the decoding."""
-    return {**expect, **decode_identity(load_section(DecodeParams, "decode", params))}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -44,7 +40,7 @@ def pseudo(manifest: Path = typer.Option(...), tiles: Path = typer.Option(...), 
     cfg = load_section(CdulParams, "cdul", params)
     expect = weights_identity(load_section(ModelParams, "model", params))
     ids, classes, split, y = multi_hot(pq.read_table(manifest), cfg.task)
-    scores = pseudo_labels(FeatureCache(tiles, expect=_image_expect(expect, params)).read("tiles", ids),
+    scores = pseudo_labels(FeatureCache(tiles, expect={**expect, **expected_decode(params)}).read("tiles", ids),
                            read_text(text, cfg.task, expect=expect), cfg.similarity)
     with atomic_path(out_dir / "pseudo_labels.parquet") as tmp:
         pq.write_table(scores_table(ids, split, scores), tmp)
@@ -64,7 +60,7 @@ def train(manifest: Path = typer.Option(...), images: Path = typer.Option(...), 
     if table.column("id").to_pylist() != list(ids):
         raise UserError(f"{pseudo_dir}: pseudo-label ids differ from the manifest's rows; rerun cdul_pseudo")
     final = np.array(table.column("final").to_pylist(), dtype=np.float32)
-    clf, report, _ = train_and_test(FeatureCache(images, expect=_image_expect(expect, params)).read("cls", ids), ids, split, y, final,
+    clf, report, _ = train_and_test(FeatureCache(images, expect={**expect, **expected_decode(params)}).read("cls", ids), ids, split, y, final,
                                     classes, cfg.classifier)
     save_head(clf, out_dir / "classifier.pkl")
     _write_json(out_dir / "metrics.json", {"task": cfg.task, "test_mAP": round(report["mAP"], 4),

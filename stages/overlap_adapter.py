@@ -13,7 +13,7 @@ import typer
 
 from pipeline.cache import FeatureCache
 from pipeline.encoders import ModelParams, weights_identity
-from pipeline.imageio import DecodeParams, decode_identity
+from pipeline.imageio import expected_decode
 from pipeline.overlap_correction.artifact import OverlapParams, generic_labels, save_artifact
 from pipeline.overlap_correction.train import fit_adapter
 from pipeline.params import load_section
@@ -29,7 +29,7 @@ def main(
     setup_logging()
     cfg = load_section(OverlapParams, "overlap", params)
     expect = weights_identity(load_section(ModelParams, "model", params))
-    cache = FeatureCache(views, expect={**expect, **decode_identity(load_section(DecodeParams, "decode", params))})
+    cache = FeatureCache(views, expect={**expect, **expected_decode(params)})
     ids = cache.ids
     labels = None
     if cfg.adapter.mode == "supervised":

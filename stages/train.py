@@ -16,7 +16,7 @@ from pipeline.cache import FeatureCache
 from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_device, weights_identity
 from pipeline.params import load_section, read_params
 from pipeline.heads import make_head
-from pipeline.imageio import DecodeParams, decode_identity
+from pipeline.imageio import expected_decode
 from pipeline.runs import (TrainParams, accepts_feature_correction, fit_and_predict, load_task, needs_text_tower,
                            save_head, token_blocks_of, uses_views, write_predictions)
 from pipeline.text import read_text
@@ -44,7 +44,7 @@ def main(
     head_params = read_params(params).get("heads", {}).get(head)
     prototype = make_head(head, head_params or {})
     expect = weights_identity(model_params)
-    image_expect = {**expect, **decode_identity(load_section(DecodeParams, "decode", params))}
+    image_expect = {**expect, **expected_decode(params)}
     cache = FeatureCache(images, expect=image_expect)
     view_cache = FeatureCache(views, expect=image_expect) if views is not None and uses_views(prototype) else None
     transform = None

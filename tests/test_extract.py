@@ -197,7 +197,6 @@ def _write_params(path: Path, micro_model: dict, root: Path) -> None:
         "runtime": {"device": "cpu", "precision": "fp32", "batch_size": 4, "num_workers": 0},
         "decode": {"exif_transpose": True},
         "extract": {"token_blocks": [-2], "dtype": "float16", "rows_per_shard": 8, "rows_per_chunk": 4},
-        "decode": {"exif_transpose": True},
     }
     path.write_text(yaml.safe_dump(params))
 
