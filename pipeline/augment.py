@@ -53,7 +53,9 @@ class ViewsParams:
 
     split: manifest split whose rows get views (``train``: the only rows any
         head fits on); null = every row.
-    n, scale, ratio, flip, seed: see :class:`pipeline.augment.ViewSpec`.
+    n, scale, ratio, flip, seed: see :class:`pipeline.augment.ViewSpec`;
+        ``n: 0`` = no views (a dataset without single-label heads): the stage
+        writes a cache marked not applicable.
     """
 
     split: str | None = "train"
@@ -67,7 +69,8 @@ class ViewsParams:
     rows_per_chunk: int = 32
 
     def __post_init__(self) -> None:
-        self.spec()  # validates the augmentation fields
+        if self.n != 0:
+            self.spec()  # validates the augmentation fields
 
     def spec(self) -> ViewSpec:
         return ViewSpec(self.n, tuple(self.scale), tuple(self.ratio), self.flip, self.seed)  # type: ignore[arg-type]

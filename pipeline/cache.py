@@ -172,6 +172,8 @@ class FeatureCache:
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"{self.path}: no feature cache here (run the extract stage)")
         self.group = zarr.open_group(str(self.path), mode="r")
+        if (reason := self.group.attrs.get("not_applicable")) is not None:
+            raise CacheMismatchError(f"{self.path}: no features here, the cache is marked not applicable ({reason})")
         if not self.group.attrs.get("complete", False):
             raise CacheMismatchError(f"{self.path}: cache is incomplete (interrupted extraction)")
         self.identity = dict(self.group.attrs["identity"])
@@ -202,6 +204,23 @@ class FeatureCache:
         out = np.empty_like(data)
         out[order] = data
         return out
+
+
+def write_not_applicable(path: Path | str, reason: str) -> None:
+    """An empty zarr group that says why a stage made no features (DVC needs its output to exist).
+
+    DVC has no conditional stages: a stage whose work does not apply to this
+    dataset (tiles without a multi-label task, views with ``views.n: 0``) still
+    writes its declared output, and readers refuse it with ``reason``.
+    """
+    path = Path(path)
+    tmp = partial_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(str(tmp), mode="w")
+    group.attrs.update({"not_applicable": reason, "format_version": FORMAT_VERSION})
+    replace_dir(tmp, path)
+    log.info("%s: not applicable (%s)", path, reason)
 
 
 def check_identity(found: dict, expect: dict, path: Path | str) -> None:

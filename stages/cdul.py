@@ -2,11 +2,15 @@
 
     python -m stages.cdul pseudo --manifest M --tiles tiles.zarr --text text.zarr --out-dir cdul/
     python -m stages.cdul train  --manifest M --images images.zarr --out-dir cdul/
+
+With ``cdul.task: null`` (a dataset without a multi-label task) both write only
+their declared outputs, marked not applicable, so the report still runs.
 """
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
@@ -24,6 +28,7 @@ from stages import expected_errors, setup_logging
 
 app = typer.Typer(add_completion=False, help=__doc__)
 PARAMS = typer.Option(Path("params.yaml"), help="params file")
+NOT_APPLICABLE = "cdul.task is null: the dataset has no multi-label task"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -38,6 +43,10 @@ def pseudo(manifest: Path = typer.Option(...), tiles: Path = typer.Option(...), 
     """Global, aggregated-local and final pseudo-label vectors (by id) and their mAP per split."""
     setup_logging()
     cfg = load_section(CdulParams, "cdul", params)
+    if cfg.task is None:
+        with atomic_path(out_dir / "pseudo_labels.parquet") as tmp:
+            pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp)
+        return _write_json(out_dir / "pseudo_quality.json", {"task": None, "not_applicable": NOT_APPLICABLE})
     expect = weights_identity(load_section(ModelParams, "model", params))
     ids, classes, split, y = multi_hot(pq.read_table(manifest), cfg.task)
     scores = pseudo_labels(FeatureCache(tiles, expect={**expect, **expected_decode(params)}).read("tiles", ids),
@@ -54,6 +63,9 @@ def train(manifest: Path = typer.Option(...), images: Path = typer.Option(...), 
     """Classifier on cached image embeddings against the train split's final pseudo-labels."""
     setup_logging()
     cfg = load_section(CdulParams, "cdul", params)
+    if cfg.task is None:
+        _write_json(out_dir / "fit" / "details.json", {"not_applicable": NOT_APPLICABLE})
+        return _write_json(out_dir / "metrics.json", {"task": None, "not_applicable": NOT_APPLICABLE})
     expect = weights_identity(load_section(ModelParams, "model", params))
     ids, classes, split, y = multi_hot(pq.read_table(manifest), cfg.task)
     table = pq.read_table(pseudo_dir / "pseudo_labels.parquet")
@@ -62,13 +74,13 @@ def train(manifest: Path = typer.Option(...), images: Path = typer.Option(...), 
     final = np.array(table.column("final").to_pylist(), dtype=np.float32)
     clf, report, _ = train_and_test(FeatureCache(images, expect={**expect, **expected_decode(params)}).read("cls", ids), ids, split, y, final,
                                     classes, cfg.classifier)
-    save_head(clf, out_dir / "classifier.pkl")
+    save_head(clf, out_dir / "fit" / "classifier.pkl")
     _write_json(out_dir / "metrics.json", {"task": cfg.task, "test_mAP": round(report["mAP"], 4),
                                            "pseudo_final_test_mAP": round(report["pseudo_final_test"], 4),
                                            "f1@0.5": report["f1@0.5"], "f1@val_threshold": report.get("f1@val_threshold"),
                                            # wall time and memory vary by machine: details.json only
                                            "fit": {"trainable_params": report["fit"]["trainable_params"]}})
-    _write_json(out_dir / "details.json", report)
+    _write_json(out_dir / "fit" / "details.json", report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_de
 from pipeline.augment import ViewsParams
 from pipeline.extract import ExtractParams, TilesParams, extract
 from pipeline.imageio import DecodeParams
-from pipeline.params import load_section
+from pipeline.params import load_section, read_params
 from stages import expected_errors, setup_logging
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -29,6 +29,10 @@ def _run(kind: str, section: str, cfg_cls: type, index: Path, root: Path, out: P
     setup_logging()
     runtime = load_section(RuntimeParams, "runtime", params)
     cfg = load_section(cfg_cls, section, params)
+    if (reason := _not_applicable(kind, section, cfg, params)) is not None:
+        from pipeline.cache import write_not_applicable
+
+        return write_not_applicable(out, reason)
     device = distributed.rank_device(resolve_device(runtime.device))
     loaded = load_model(load_section(ModelParams, "model", params), device)
     table = pq.read_table(index)
@@ -40,6 +44,15 @@ def _run(kind: str, section: str, cfg_cls: type, index: Path, root: Path, out: P
         ids = [i for i in ids if i in keep]
     extract(kind, loaded, cfg, runtime, ids, paths, root, out, load_section(DecodeParams, "decode", params))
     distributed.shutdown()
+
+
+def _not_applicable(kind: str, section: str, cfg: object, params: Path) -> str | None:
+    """Why this cache has no work on this dataset, or None (DVC runs the stage either way)."""
+    if kind == "views" and getattr(cfg, "n", 1) == 0:
+        return f"{section}.n is 0"
+    if kind == "tiles" and (read_params(params).get("cdul") or {}).get("task") is None:
+        return "cdul.task is null: the dataset has no multi-label task for CDUL"
+    return None
 
 
 @app.command()

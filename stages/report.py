@@ -2,12 +2,15 @@
 
     python -m stages.report --evaluation evaluation --cdul cdul/<dataset>/<model>
         --images cache/<dataset>/<model>/images.zarr --manifest data/prepared/<dataset>/manifest.parquet
-        --out-dir reports/<dataset>/<model> --params params.yaml
+        --adapters adapters --out-dir reports/<dataset>/<model> --metrics reports/metrics.json
 
-Heads are ``report.heads`` or else ``train.heads``; ``--cdul``, ``--images`` and
-``--manifest`` are optional (their sections then say they are absent). With
-``--overlap-adapter`` the overlap is also measured on corrected features and
-the ``<head>_oc`` evaluations of ``overlap.heads`` are set against their plain runs.
+Heads are ``report.heads`` or else ``train.heads`` (none when it is empty);
+``--cdul``, ``--images`` and ``--manifest`` are optional (their sections then say
+they are absent). When the ``generic:`` params section names a generic set, its
+adapter ``<adapters>/<set>/<model.tag>/overlap_adapter.pt`` corrects the
+features, the overlap is measured again, and the ``<head>_oc`` evaluations of
+``overlap.heads`` are set against their plain runs. ``--metrics`` is the run's
+small headline file (DVC's metrics).
 """
 import logging
 from pathlib import Path
@@ -22,6 +25,7 @@ from pipeline.report.correction import SUFFIX, CorrectionInputs, pair_heads
 from pipeline.report.inputs import cache_identity, load_cdul, load_heads, overlap_inputs
 from pipeline.report.overlap import task_overlap
 from pipeline.runs import TrainParams
+from pipeline.errors import UserError
 from stages import expected_errors, setup_logging
 
 log = logging.getLogger("stages.report")
@@ -33,7 +37,8 @@ def main(
     cdul: Optional[Path] = typer.Option(None, help="cdul/<dataset>/<model> directory (optional)"),
     images: Optional[Path] = typer.Option(None, help="images.zarr: cache identity and overlap figure (optional)"),
     manifest: Optional[Path] = typer.Option(None, help="manifest.parquet: labels for the overlap figure (optional)"),
-    overlap_adapter: Optional[Path] = typer.Option(None, help="overlap-correction adapter (optional)"),
+    adapters: Optional[Path] = typer.Option(None, help="adapters/ directory of the overlap correction (optional)"),
+    metrics: Optional[Path] = typer.Option(None, help="headline metrics JSON to write (DVC's metrics file)"),
     params: Path = typer.Option(Path("params.yaml"), help="params file"),
 ) -> None:
     setup_logging()
@@ -51,15 +56,29 @@ def main(
         log.info("overlap %s: %.3f (%d images)", task, results[-1].overlap, len(labels))
 
     correction = None
-    if overlap_adapter is not None and by_task:
-        correction = _correction(overlap_adapter, by_task, results, heads, evaluation, run_params, cfg)
+    adapter = _adapter_path(adapters, run_params)
+    if adapter is not None and by_task:
+        correction = _correction(adapter, by_task, results, heads, evaluation, run_params, cfg)
 
     name = run_params.get("dataset", {}).get("name", "?")
     tag = run_params.get("model", {}).get("tag", "?")
     report = build_report(heads, cfg, tasks=train.tasks, cdul=load_cdul(cdul), overlap=results, correction=correction,
                           run_params=run_params, identity=cache_identity(images),
                           title=f"clipcache report: {name} / {tag}")
-    write_report(report, out_dir)
+    write_report(report, out_dir, headline=metrics)
+
+
+def _adapter_path(adapters: Path | None, run_params: dict) -> Path | None:
+    """The adapter of the one generic set in params (``generic: {}``: the correction is off)."""
+    sets = sorted(run_params.get("generic") or {})
+    if adapters is None or not sets:
+        return None
+    if len(sets) > 1:
+        raise UserError(f"generic: the report compares one generic set, params name {len(sets)} ({', '.join(sets)})")
+    path = adapters / sets[0] / str(run_params.get("model", {}).get("tag")) / "overlap_adapter.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no overlap adapter for generic set '{sets[0]}' (run its overlap_adapter stage)")
+    return path
 
 
 def _correction(adapter_path: Path, by_task: dict, before: list, heads: list, evaluation: Path,

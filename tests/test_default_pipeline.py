@@ -27,9 +27,13 @@ def _metrics(repo: Path, head: str) -> dict:
     return json.loads((repo / "evaluation" / head / "metrics.json").read_text())
 
 
-def _small(p: dict) -> None:
+def _small_demo(p: dict) -> None:
+    """demo/params.yaml: the demo's data and model, scaled down."""
     p["synth"].update(n_pretrain=600, n_train=240, n_val=60, n_test=120, heldout_min_per_split=2)
     p["pretrain_demo"].update(max_steps=12, batch_size=64)
+
+
+def _small(p: dict) -> None:
     p["fewshot"].update(shots=[1, 4, "all"], seeds=[1])
     p["train"].update(shots=[1, 4], seeds=[1])
     p["views"].update(n=2)
@@ -46,6 +50,7 @@ def test_small_default_end_to_end(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _copy_repo(repo)
     _edit(repo, _small)
+    _edit(repo, _small_demo, "demo/params.yaml")
     _sh(["git", "init", "-q"], repo)
     _sh([*DVC, "repro"], repo)
     assert "changed" not in _sh([*DVC, "status"], repo)
@@ -75,6 +80,9 @@ def test_small_default_end_to_end(tmp_path: Path) -> None:
     overlap = json.loads((repo / RESULTS / "overlap.json").read_text())
     assert set(overlap) == set(tasks) and all("corrected" in v for v in overlap.values())
     _assert_finite(overlap, "overlap")
+    headline = json.loads((repo / "reports/metrics.json").read_text())
+    assert set(headline) == {"shots", *heads, "cdul"} and headline["shots"] == max(params["train"]["shots"])
+    _assert_finite(headline, "headline")
     assert "accuracy" in _sh([*DVC, "metrics", "show", "--json"], repo)
 
 

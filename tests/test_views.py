@@ -61,7 +61,8 @@ def test_view_params_are_validated():
     with pytest.raises(ValueError, match="views.scale"):
         ViewsParams(scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="views.n"):
-        ViewsParams(n=0)
+        ViewsParams(n=-1)
+    assert ViewsParams(n=0).n == 0  # no views: the stage writes a cache marked not applicable
 
 
 @pytest.fixture
@@ -130,5 +131,21 @@ def test_stage_keeps_only_the_configured_split(micro_model, folder_dataset, tmp_
              if s == "train"]
     cache = FeatureCache(tmp_path / "views.zarr", expect={"split": "train"})
     assert sorted(cache.ids) == sorted(train) and 0 < len(train) < manifest.num_rows
+    _check_no_views_is_marked_not_applicable(params, prep, folder_dataset, tmp_path / "none.zarr", env)
     assert cache.read("views").shape == (len(train), 2, 32)
     assert math.isclose(float(np.linalg.norm(cache.read("views")[0, 1])), 1.0, abs_tol=1e-2)
+
+
+def _check_no_views_is_marked_not_applicable(params, prep, root, out, env) -> None:
+    """views.n: 0 (no single-label heads): the declared output exists, and readers refuse it, saying why."""
+    from pipeline.cache import CacheMismatchError
+
+    cfg = yaml.safe_load(params.read_text())
+    cfg["views"]["n"] = 0
+    cfg["model"]["pretrained"] = "/nonexistent.pt"  # never loaded: there is nothing to encode
+    params.write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "stages.extract", "views", "--index", str(prep / "images.parquet"),
+                    "--splits", str(prep / "splits.parquet"), "--root", str(root), "--out", str(out),
+                    "--params", str(params)], check=True, cwd=REPO, env=env)
+    with pytest.raises(CacheMismatchError, match="not applicable .views.n is 0"):
+        FeatureCache(out)

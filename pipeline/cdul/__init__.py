@@ -24,9 +24,14 @@ from pipeline.cdul.similarity import (
 
 @dataclass(frozen=True)
 class CdulParams:
-    """``cdul:`` in params.yaml: the multi-label ``task``, ``similarity`` (Sec. 3.1), ``classifier`` (Sec. 3.2)."""
+    """``cdul:`` in params.yaml: the multi-label ``task``, ``similarity`` (Sec. 3.1), ``classifier`` (Sec. 3.2).
 
-    task: str = "objects"
+    ``task: null`` says the dataset has no multi-label task: the tiles and CDUL
+    stages still run (DVC has no conditional stages) but only write outputs
+    marked not applicable, and the report says why its CDUL section is empty.
+    """
+
+    task: str | None = "objects"
     similarity: CdulSimilarityParams = field(default_factory=CdulSimilarityParams)
     classifier: CdulClassifierParams = field(default_factory=CdulClassifierParams)
 

@@ -6,7 +6,8 @@ Layout written by :func:`write_report`::
     <out>/report.md            the same tables in Markdown, figures linked from figures/
     <out>/figures/<name>.png   every figure
     <out>/tables/results.parquet  long format: head, task, shots, seed, metric, value
-    <out>/overlap.json         intra-modal overlap per single-label task (a DVC metric)
+    <out>/overlap.json         intra-modal overlap per single-label task
+    <headline>                 the run's headline metrics (``reports/metrics.json``: DVC's metrics file)
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import yaml
 from pipeline.files import atomic_path
 from pipeline.report import ReportParams, figures
 from pipeline.report.correction import CorrectionInputs, overlap_change_table, with_without_table
+from pipeline.report.headline import headline_metrics
 from pipeline.report.inputs import CdulResults, HeadEval
 from pipeline.report.overlap import OverlapResult
 from pipeline.report.tables import (Cell, Table, best_heads, cdul_tables, choose_shots, comparison_table,
@@ -63,6 +65,7 @@ class Report:
     sections: tuple[Section, ...]
     results: pa.Table
     metrics: dict[str, Any] = field(default_factory=dict)  # overlap.json
+    headline: dict[str, Any] = field(default_factory=dict)  # the run's headline metrics (DVC's metrics file)
 
     def figures(self) -> list[Figure]:
         return [b for s in self.sections for b in s.blocks if isinstance(b, Figure)]
@@ -118,7 +121,8 @@ def _overlap_section(results: Sequence[OverlapResult] | None, params: ReportPara
 def _correction_section(inputs: CorrectionInputs | None, tasks: list[str], params: ReportParams) -> Section:
     title = "Overlap correction"
     if inputs is None:
-        return Section("correction", title, (Text("No overlap-correction adapter given: section not computed."),))
+        return Section("correction", title, (Text(
+            "No overlap-correction adapter: the `generic:` params section names no generic set (correction off)."),))
     meta = ", ".join(f"{k}: {v}" for k, v in inputs.adapter.items())
     blocks: list[Block] = [
         Text("A residual adapter trained on a generic image set (disjoint from this task) maps the cached "
@@ -144,28 +148,22 @@ def build_report(heads: Sequence[HeadEval], params: ReportParams, *, tasks: Sequ
                  correction: CorrectionInputs | None = None,
                  run_params: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
                  title: str = "clipcache report") -> Report:
-    """Every section of the report from loaded inputs (no file access)."""
-    if not heads:
-        raise ValueError("the report needs at least one evaluated head")
+    """Every section of the report from loaded inputs (no file access).
+
+    ``heads`` may be empty (a dataset whose tasks are all multi-label): the
+    head sections then say so, and CDUL carries the report.
+    """
     task_list = task_order(heads, tasks)
-    shots = choose_shots(heads, task_list, params.shots)
+    shots = choose_shots(heads, task_list, params.shots) if heads else None
     metric = params.headline
     log.info("report: heads %s, tasks %s, %s shots, headline %s", [h.head for h in heads], task_list, shots, metric)
-    head_names = [h.head for h in heads]
-    radar_values = {h.head: {t: v[0] for t in task_list if (v := metric_at(h, t, shots, metric))} for h in heads}
-    sections = [
-        _results_section(heads, task_list, shots, params),
-        Section("cost", "Trainable parameters and fit time", (cost_table(heads, task_list, shots),)),
-        Section("fewshot", "Few-shot curves", (
-            Figure(f"fewshot_{metric}", f"{metric} vs shots",
-                   figures.fewshot_curves(curves(heads, task_list, metric), metric, head_names),
-                   caption="Mean over seeds; the band is ± one standard deviation."),)),
-        Section("radar", "Heads across tasks", (
-            Figure(f"radar_{metric}", f"{metric} at {shots} shots",
-                   figures.radar(radar_values, task_list, metric, shots)),)),
-        _confusion_section(heads, task_list, shots, metric),
-        Section("cdul", "CDUL (unsupervised multi-label)",
-                tuple(cdul_tables(cdul)) or (Text("No CDUL outputs found."),)),
+    if heads:
+        sections = _head_sections(heads, task_list, shots, params)
+    else:
+        sections = [Section("comparison", "Comparison", (Text(
+            "No single-label head ran: train.heads is empty (a dataset whose tasks are all multi-label)."),))]
+    sections += [
+        Section("cdul", "CDUL (unsupervised multi-label)", _cdul_blocks(cdul)),
         _overlap_section(overlap, params),
         _correction_section(correction, task_list, params),
     ]
@@ -179,11 +177,38 @@ def build_report(heads: Sequence[HeadEval], params: ReportParams, *, tasks: Sequ
     metrics = {r.task: r.summary() for r in overlap or ()}
     for r in correction.after if correction else ():
         metrics.setdefault(r.task, {})["corrected"] = r.summary()
-    return Report(title=title, sections=tuple(sections), results=long_table(heads), metrics=metrics)
+    return Report(title=title, sections=tuple(sections), results=long_table(heads), metrics=metrics,
+                  headline=headline_metrics([*heads, *(c for _, c in (correction.pairs if correction else ()))],
+                                            task_list, shots, cdul))
 
 
-def write_report(report: Report, out_dir: Path | str) -> dict[str, Path]:
-    """Write html, md, figures, the long parquet and overlap.json; return their paths by kind."""
+def _head_sections(heads: Sequence[HeadEval], task_list: list[str], shots: str, params: ReportParams) -> list[Section]:
+    metric = params.headline
+    head_names = [h.head for h in heads]
+    radar_values = {h.head: {t: v[0] for t in task_list if (v := metric_at(h, t, shots, metric))} for h in heads}
+    return [
+        _results_section(heads, task_list, shots, params),
+        Section("cost", "Trainable parameters and fit time", (cost_table(heads, task_list, shots),)),
+        Section("fewshot", "Few-shot curves", (
+            Figure(f"fewshot_{metric}", f"{metric} vs shots",
+                   figures.fewshot_curves(curves(heads, task_list, metric), metric, head_names),
+                   caption="Mean over seeds; the band is ± one standard deviation."),)),
+        Section("radar", "Heads across tasks", (
+            Figure(f"radar_{metric}", f"{metric} at {shots} shots",
+                   figures.radar(radar_values, task_list, metric, shots)),)),
+        _confusion_section(heads, task_list, shots, metric),
+    ]
+
+
+def _cdul_blocks(cdul: CdulResults | None) -> tuple[Block, ...]:
+    reason = next((r.get("not_applicable") for r in (cdul.pseudo, cdul.classifier) if r), None) if cdul else None
+    if reason:
+        return (Text(f"Not applicable: {reason}."),)
+    return tuple(cdul_tables(cdul)) or (Text("No CDUL outputs found."),)
+
+
+def write_report(report: Report, out_dir: Path | str, headline: Path | str | None = None) -> dict[str, Path]:
+    """Write html, md, figures, the long parquet, overlap.json (and the headline metrics); return their paths."""
     from pipeline.report.html import render_html, render_markdown
 
     out = Path(out_dir)
@@ -195,6 +220,10 @@ def write_report(report: Report, out_dir: Path | str) -> dict[str, Path]:
                 stale.unlink()
     paths = {"html": out / "report.html", "md": out / "report.md",
              "results": out / "tables" / "results.parquet", "overlap": out / "overlap.json"}
+    if headline is not None:
+        paths["headline"] = Path(headline)
+        with atomic_path(paths["headline"]) as tmp:
+            tmp.write_text(json.dumps(report.headline, indent=2))
     for f in report.figures():
         with atomic_path(fig_dir / f"{f.name}.png") as tmp:
             tmp.write_bytes(f.png)
