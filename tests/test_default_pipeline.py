@@ -40,7 +40,7 @@ def _small(p: dict) -> None:
     p["overlap"]["generic_views"].update(n=2)
     p["overlap"]["adapter"].update(epochs=2)
     for name in ("clip_adapter", "coop"):
-        p["heads"][name].update(epochs=5)
+        p["heads"][name].update(epochs=5, epochs_by_shots={1: 2})
     p["heads"]["clip_mhadapter"].update(epochs=3)
     p["heads"]["tip_adapter_f"].update(epochs=3)
     p["cdul"]["classifier"].update(epochs=4)
@@ -68,6 +68,10 @@ def test_small_default_end_to_end(tmp_path: Path) -> None:
         _assert_finite(metrics, head)
     check_predictions_and_draws(repo, params)
     check_zero_shot_above_zeror(repo, tasks)
+    for name in ("clip_adapter", "coop"):  # the per-shot schedule reached the fitted heads
+        for shots, epochs in ((1, 2), (4, 5)):
+            with (repo / f"runs/synthstreets/synthclip-tiny/{name}/models/weather-{shots}-1.pkl").open("rb") as fh:
+                assert pickle.load(fh).epochs == epochs, (name, shots)
     quality = json.loads((repo / "cdul/synthstreets/synthclip-tiny/pseudo/pseudo_quality.json").read_text())
     assert set(quality["mAP"]["test"]) == {"global", "local", "final"}
     _assert_finite(quality, "pseudo_quality")

@@ -7,7 +7,9 @@ with Feature Adapters"), visual adapter as in the reference ``clip_adapter.py``.
 
 Training follows the reference's Dassl/CoOp configuration: SGD (momentum 0.9,
 weight decay 5e-4), lr 0.002, batch 32, 200 epochs, cosine schedule after one
-epoch of constant warmup at 1e-5, cross-entropy.
+epoch of constant warmup at 1e-5, cross-entropy. The reference's README runs it
+with CoOp's commands, so the epochs follow CoOp's per-shot scripts (50 at 1
+shot, 100 at 2 and 4, 200 at 8 and 16: ``epochs_by_shots`` in params.yaml).
 
 Deviations:
 * ``f`` is the cached L2-normalised image embedding, while the reference adapts

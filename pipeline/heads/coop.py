@@ -9,7 +9,11 @@ Context is generic (shared, default) or class-specific (``csc``); random
 N(0, 0.02) initialisation, or from a phrase such as ``"a photo of a"``
 (``ctx_init``; ``n_ctx`` then becomes its token count). Optimisation as in the
 reference's ViT-B/16 config: SGD (momentum 0.9, weight decay 5e-4), lr 0.002,
-batch 32, 200 epochs, cosine after one epoch of constant warmup at 1e-5.
+batch 32, 200 epochs, cosine after one epoch of constant warmup at 1e-5. The
+epochs follow the shots as in the reference's scripts (COOP.md: ``*_ep50`` at
+1 shot, ``*_ep100`` at 2 and 4, the 200-epoch config at 8 and 16): params.yaml's
+``epochs_by_shots`` (see :func:`pipeline.heads.make_head`). On ImageNet the
+reference uses 50 epochs at every shot count: set ``epochs: 50`` and drop it.
 
 The text encoder mirrors open_clip 3.3 ``CLIP.encode_text`` step by step,
 starting from token embeddings instead of ids: cast to the transformer's

@@ -1,0 +1,36 @@
+"""Per-shot params (``<param>_by_shots``): CoOp's epoch schedule, resolved per draw."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.heads import make_head
+from pipeline.params import ParamsError
+from tests.conftest import REPO
+
+
+def test_by_shots_overrides_the_param_for_listed_shots_only():
+    params = {"epochs": 200, "epochs_by_shots": {1: 50, 2: 100, "4": 100}}
+    assert make_head("coop", params, 1).epochs == 50
+    assert make_head("coop", params, "2").epochs == 100
+    assert make_head("coop", params, 4).epochs == 100
+    assert make_head("coop", params, 16).epochs == 200
+    assert make_head("coop", params, "all").epochs == 200
+    assert make_head("coop", params).epochs == 200  # no draw: the base value
+    assert "epochs_by_shots" not in make_head("coop", params, 1).get_params()
+
+
+def test_by_shots_errors_name_the_key():
+    with pytest.raises(ParamsError, match="'heads.coop.lr_max_by_shots': 'lr_max' is not a param"):
+        make_head("coop", {"lr_max_by_shots": {1: 0.1}}, 1)
+    with pytest.raises(ParamsError, match="'heads.coop.epochs_by_shots' must map shot counts"):
+        make_head("coop", {"epochs_by_shots": {"one": 50}}, 1)
+    with pytest.raises(ParamsError, match="'heads.coop.epochs_by_shots' must map shot counts"):
+        make_head("coop", {"epochs_by_shots": [50, 100]}, 1)
+
+
+@pytest.mark.parametrize("head", ["coop", "clip_adapter"])
+def test_default_schedule_is_coops_scripts(head):
+    """COOP.md: ep50 at 1 shot, ep100 at 2 and 4 shots, the 200-epoch config at 8 and 16."""
+    block = yaml.safe_load((REPO / "params.yaml").read_text())["heads"][head]
+    assert {s: make_head(head, block, s).epochs for s in (1, 2, 4, 8, 16)} == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
