@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pipeline.heads.base import BaseHead
+from pipeline.heads.base import BaseHead, head_params
 from pipeline.heads.clip_adapter import ClipAdapterHead
 from pipeline.heads.coop import CoOpHead
 from pipeline.heads.linear_probe import LinearProbeHead
@@ -31,44 +31,18 @@ HEADS: dict[str, type[BaseHead]] = {
 }
 
 
-BY_SHOTS = "_by_shots"
-
-
 def make_head(name: str, params: Mapping[str, Any] | None = None, shots: int | str | None = None) -> BaseHead:
-    """Instantiate head ``name`` with its ``heads.<name>`` params block; unknown keys are named in full.
+    """Instantiate head ``name`` with its ``heads.<name>`` params block (for a draw of ``shots``).
 
-    A key ``<param>_by_shots`` (a mapping shots -> value) overrides ``<param>`` for the
-    draws of those shots, e.g. CoOp's scripts: ``epochs: 200, epochs_by_shots: {1: 50, 2: 100,
-    4: 100}``. Without ``shots`` (or for shots it does not list) ``<param>`` applies.
+    The block is checked and resolved by :func:`pipeline.heads.base.head_params`
+    (unknown keys named in full; ``<param>_by_shots`` overrides per shot count).
     """
     from pipeline.params import ParamsError
 
     if name not in HEADS:
         raise ParamsError(f"train.heads: unknown head '{name}' (registered: {', '.join(sorted(HEADS))})")
     cls = HEADS[name]
-    allowed = set(cls().get_params())
-    values = _resolve_by_shots(name, dict(params or {}), allowed, shots)
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        keys = ", ".join(f"'heads.{name}.{k}'" for k in unknown)
-        raise ParamsError(f"unknown params key {keys} (allowed: {', '.join(sorted(allowed))})")
-    # params.yaml lists arrive as lists; heads take tuples.
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def _resolve_by_shots(name: str, values: dict[str, Any], allowed: set[str], shots: int | str | None) -> dict:
-    from pipeline.params import ParamsError
-
-    for key in [k for k in values if k.endswith(BY_SHOTS)]:
-        table, base = values.pop(key), key.removesuffix(BY_SHOTS)
-        if base not in allowed:
-            raise ParamsError(f"'heads.{name}.{key}': '{base}' is not a param of head '{name}'")
-        if not isinstance(table, Mapping) or not all(str(k) == "all" or str(k).isdigit() for k in table):
-            raise ParamsError(f"'heads.{name}.{key}' must map shot counts (or 'all') to values, got {table!r}")
-        by_shots = {str(k): v for k, v in table.items()}
-        if shots is not None and str(shots) in by_shots:
-            values[base] = by_shots[str(shots)]
-    return values
+    return cls(**head_params(name, cls, params, shots))
 
 
 __all__ = ["HEADS", "BaseHead", "make_head"]

@@ -17,8 +17,9 @@ data any head uses for model selection (hyper-parameter search, early stopping).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -159,3 +160,37 @@ def text_classifier(text: TextContext, template: int | None) -> np.ndarray:
 
 __all__ = ["BaseHead", "resolve_device", "seeded", "softmax", "l2_normalise", "text_classifier",
            "check_labels", "check_features"]
+
+
+BY_SHOTS = "_by_shots"
+
+
+def head_params(name: str, cls: type[BaseHead], params: Mapping[str, Any] | None,
+                shots: int | str | None = None) -> dict[str, Any]:
+    """The constructor kwargs of head ``name`` from its ``heads.<name>`` block, for a draw of ``shots``.
+
+    Unknown keys are refused by full name. A key ``<param>_by_shots`` (a mapping
+    shots -> value) overrides ``<param>`` for the draws of those shots, e.g. CoOp's
+    scripts: ``epochs: 200, epochs_by_shots: {1: 50, 2: 100, 4: 100}``; without
+    ``shots`` (or for shots it does not list) ``<param>`` applies. (Here, not in
+    the registry module, because every train stage depends on this file.)
+    """
+    from pipeline.params import ParamsError
+
+    values = dict(params or {})
+    allowed = set(cls().get_params())
+    for key in [k for k in values if k.endswith(BY_SHOTS)]:
+        table, base = values.pop(key), key.removesuffix(BY_SHOTS)
+        if base not in allowed:
+            raise ParamsError(f"'heads.{name}.{key}': '{base}' is not a param of head '{name}'")
+        if not isinstance(table, Mapping) or not all(str(k) == "all" or str(k).isdigit() for k in table):
+            raise ParamsError(f"'heads.{name}.{key}' must map shot counts (or 'all') to values, got {table!r}")
+        by_shots = {str(k): v for k, v in table.items()}
+        if shots is not None and str(shots) in by_shots:
+            values[base] = by_shots[str(shots)]
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        keys = ", ".join(f"'heads.{name}.{k}'" for k in unknown)
+        raise ParamsError(f"unknown params key {keys} (allowed: {', '.join(sorted(allowed))})")
+    # params.yaml lists arrive as lists; heads take tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
