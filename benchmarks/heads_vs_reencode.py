@@ -130,7 +130,9 @@ def fit_reencode(head: TorchHead, loaded, blocks: tuple[int, ...], dataset: Imag
                 with torch.no_grad(), autocast(enc_device, precision):
                     out = encode_images(loaded.model, images.to(enc_device, non_blocking=True), blocks)
                 feats = FeatureSet(ids=idx.numpy(), cls=out["cls"].float().cpu().numpy(),
-                                   tokens={k: v.float().cpu().numpy() for k, v in out.items() if k != "cls"})
+                                   cls_norm=out["cls_norm"].cpu().numpy(),
+                                   tokens={k: v.float().cpu().numpy() for k, v in out.items()
+                                           if k not in ("cls", "cls_norm")})
                 # The head's own array selection and the shared loop's batch conversion.
                 batch = ArrayData(head._arrays(feats)).batch(np.arange(len(idx)), device)
                 idx = idx.numpy()
@@ -192,7 +194,7 @@ def main() -> None:
         start = time.perf_counter()
         cache = FeatureCache(Path(tmp) / "bench.zarr")
         X = FeatureSet(ids=np.array(ids, dtype=object), cls=cache.read("cls", ids),
-                       tokens={b: cache.read(b, ids) for b in token_names})
+                       cls_norm=cache.read("cls_norm", ids), tokens={b: cache.read(b, ids) for b in token_names})
         read_s = time.perf_counter() - start
 
     dataset = LabelledImages(root, paths, loaded.preprocess)

@@ -180,25 +180,32 @@ def block_indices(model: torch.nn.Module, blocks: tuple[int, ...]) -> list[int]:
 
 @torch.no_grad()
 def encode_images(model: torch.nn.Module, images: torch.Tensor, blocks: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
-    """Normalised projected embeddings and, per requested block, tokens [B, 1+P, W].
+    """Normalised projected embeddings, their norms before normalising, and per block tokens [B, 1+P, W].
 
-    Block -1 is returned after ``ln_post`` (the tokens open_clip's own
-    ``output_tokens`` gives); other blocks are the raw residual-stream output,
-    which is what CLIP-MHAdapter reads from the penultimate block.
+    ``cls_norm`` [B] (float32) keeps what normalisation throws away, so a head
+    that blends with the raw projected feature (CLIP-MHAdapter's reference) can
+    rebuild it exactly as ``cls * cls_norm``. Block -1 is returned after
+    ``ln_post`` (the tokens open_clip's own ``output_tokens`` gives); other
+    blocks are the raw residual-stream output, which is what CLIP-MHAdapter
+    reads from the penultimate block.
     """
     if not blocks:
-        return {"cls": F.normalize(model.encode_image(images), dim=-1)}
+        return _normalised(model.encode_image(images))
     wanted = block_indices(model, blocks)
     out = model.forward_intermediates(
-        image=images, image_indices=wanted, normalize=True,
+        image=images, image_indices=wanted, normalize=False,
         image_output_fmt="NLC", image_output_extra_tokens=True)
-    result = {"cls": out["image_features"]}
+    result = _normalised(out["image_features"])
     # open_clip returns intermediates in ascending block order, whatever order we asked in.
     ascending = sorted(blocks, key=lambda b: wanted[blocks.index(b)])
     for b, prefix, patches in zip(ascending, out["image_intermediates_prefix"], out["image_intermediates"]):
         tokens = torch.cat([prefix, patches], dim=1)
         result[f"block{b}"] = model.visual.ln_post(tokens) if b == -1 else tokens
     return result
+
+
+def _normalised(raw: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"cls": F.normalize(raw, dim=-1), "cls_norm": raw.float().norm(dim=-1)}
 
 
 @torch.no_grad()

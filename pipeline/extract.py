@@ -24,6 +24,8 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.augment import ViewSpec, ViewsParams, augmented_view
 from pipeline.cache import ArraySpec, CacheWriter
+
+NORM = "_norm"  # suffix of the arrays holding each embedding's norm before L2 normalisation
 from pipeline.encoders import LoadedModel, RuntimeParams, autocast, encode_images
 from pipeline.imageio import DecodeParams, decode_identity, load_rgb
 from pipeline.params import as_dict
@@ -125,9 +127,14 @@ class ShardBatches(Sampler[list[int]]):
 
 
 def probe_specs(encode: EncodeFn, sample: torch.Tensor, dtype: str, device: torch.device) -> list[ArraySpec]:
-    """Array specs of a cache, row shapes read off one forward pass on one sample."""
+    """Array specs of a cache, row shapes read off one forward pass on one sample.
+
+    ``<name>_norm`` arrays (pre-normalisation norms, one float per embedding) are
+    always float32: they exist to rebuild the raw feature exactly.
+    """
     out = encode(sample.unsqueeze(0).to(device))
-    return [ArraySpec(name, tuple(t.shape[1:]), dtype) for name, t in out.items()]
+    return [ArraySpec(name, tuple(t.shape[1:]), "float32" if name.endswith(NORM) else dtype)
+            for name, t in out.items()]
 
 
 def run(writer: CacheWriter, dataset: Dataset, encode: EncodeFn, runtime: RuntimeParams,
@@ -170,11 +177,11 @@ def image_encoder(loaded: LoadedModel, blocks: tuple[int, ...]) -> EncodeFn:
 
 
 def stacked_encoder(loaded: LoadedModel, name: str) -> EncodeFn:
-    """Encoder of rows that are stacks of images [B, T, 3, H, W] -> {name: [B, T, D]}."""
+    """Encoder of rows that are stacks of images [B, T, 3, H, W] -> {name: [B, T, D], name_norm: [B, T]}."""
     def encode(x: torch.Tensor) -> dict[str, torch.Tensor]:
         b, t = x.shape[:2]
-        emb = encode_images(loaded.model, x.flatten(0, 1))["cls"]
-        return {name: emb.view(b, t, -1)}
+        out = encode_images(loaded.model, x.flatten(0, 1))
+        return {name: out["cls"].view(b, t, -1), f"{name}{NORM}": out["cls_norm"].view(b, t)}
     return encode
 
 

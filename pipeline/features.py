@@ -18,6 +18,8 @@ class FeatureSet:
     """Rows of one split (or subset), aligned by position with ``ids``.
 
     cls:    [N, D] projected image embeddings, L2-normalised, float32.
+    cls_norm: optional [N] norms of the projected embeddings before normalising
+            (the cache's ``cls_norm``): ``cls * cls_norm[:, None]`` is the raw feature.
     tokens: optional mapping block-name -> [N, L, W] patch tokens (first token
             is the class token), float32; e.g. ``{"block-2": ...}`` for the
             penultimate block that CLIP-MHAdapter reads.
@@ -34,6 +36,7 @@ class FeatureSet:
     ids: np.ndarray
     cls: np.ndarray
     tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    cls_norm: np.ndarray | None = None
     tiles: np.ndarray | None = None
     views: np.ndarray | None = None
     corrected: np.ndarray | None = None
@@ -41,7 +44,7 @@ class FeatureSet:
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        for name, arr in [("cls", self.cls), ("tiles", self.tiles), ("views", self.views),
+        for name, arr in [("cls", self.cls), ("cls_norm", self.cls_norm), ("tiles", self.tiles), ("views", self.views),
                           ("corrected", self.corrected), ("corrected_views", self.corrected_views),
                           *[(f"tokens[{k}]", v) for k, v in self.tokens.items()]]:
             if arr is not None and len(arr) != n:
@@ -56,6 +59,7 @@ class FeatureSet:
             ids=self.ids[index],
             cls=self.cls[index],
             tokens={k: v[index] for k, v in self.tokens.items()},
+            cls_norm=None if self.cls_norm is None else self.cls_norm[index],
             tiles=None if self.tiles is None else self.tiles[index],
             views=None if self.views is None else self.views[index],
             corrected=None if self.corrected is None else self.corrected[index],

@@ -105,7 +105,9 @@ def load_task(task: str, manifest: pa.Table, images: FeatureCache, text: TextCon
     ids = np.array(manifest.column("id").to_pylist(), dtype=object)[keep]
     index = {c: i for i, c in enumerate(classes)}
     cls = images.read("cls", ids)
-    features = FeatureSet(ids=ids, cls=cls, tokens={b: images.read(b, ids) for b in tokens},
+    # caches written before the norms were stored have no cls_norm: heads that need it say so
+    norms = images.read("cls_norm", ids) if "cls_norm" in images.arrays() else None
+    features = FeatureSet(ids=ids, cls=cls, tokens={b: images.read(b, ids) for b in tokens}, cls_norm=norms,
                           corrected=transform(cls) if transform else None)
     split = np.array(manifest.column("split").to_pylist(), dtype=object)[keep]
     return TaskData(task, classes, features, np.array([index[labels[i]] for i in keep]), split, text,

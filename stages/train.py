@@ -66,7 +66,7 @@ def main(
         data = load_task(task, table, cache, ctx, token_blocks_of(prototype), view_cache, transform)
         for shots in train.shots:
             for seed in train.seeds:
-                fitted, preds = fit_and_predict(make_head(head, head_params or {}, shots), data, draws, shots, seed)
+                fitted, preds = fit_and_predict(make_head(head, head_params or {}, shots, task), data, draws, shots, seed)
                 predictions.append(preds)
                 stats.append({"task": task, "shots": str(shots), "seed": seed, **fitted.fit_stats_})
                 save_head(fitted, out_dir / "models" / f"{task}-{shots}-{seed}.pkl")

@@ -65,13 +65,19 @@ def test_cache_holds_model_outputs_by_id(loaded, rows, tmp_path, micro_model):
     _extract(loaded, rows, tmp_path / "images.zarr")
     cache = FeatureCache(tmp_path / "images.zarr", expect=weights_identity(ModelParams(**micro_model)))
     ids, paths, root = rows
-    assert cache.arrays() == ["block-1", "block-2", "cls"]
+    assert cache.arrays() == ["block-1", "block-2", "cls", "cls_norm"]
     assert cache.identity["token_blocks"] == [-1, -2]
     pick = [ids[5], ids[0], ids[17]]  # out of order on purpose: rows join by id
     x = torch.stack([loaded.preprocess(load_rgb(root / paths[i])) for i in (5, 0, 17)])
     with torch.no_grad():
-        want_cls = torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1).numpy()
+        raw = loaded.model.encode_image(x).numpy()
+    want_cls = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     np.testing.assert_allclose(cache.read("cls", pick), want_cls, atol=1e-5)
+    # the norm normalisation threw away is kept (float32), so the raw feature comes back
+    assert cache.group["cls_norm"].dtype == np.float32
+    np.testing.assert_allclose(cache.read("cls_norm", pick), np.linalg.norm(raw, axis=1), rtol=1e-5)
+    rebuilt = cache.read("cls", pick) * cache.read("cls_norm", pick)[:, None]
+    np.testing.assert_allclose(rebuilt, raw, rtol=2e-3, atol=2e-3 * np.abs(raw).max())
     by_hand = _vit_by_hand(loaded.model, x)
     np.testing.assert_allclose(by_hand["cls"].numpy(), want_cls, atol=1e-5)  # the hand-written forward is right
     blocks = by_hand["blocks"]
@@ -222,7 +228,7 @@ def test_torchrun_two_processes_match_one(micro_model, rows, tmp_path):
     subprocess.run([*torchrun, *common, "--out", str(tmp_path / "two.zarr")], check=True, cwd=REPO, env=env)
     one, two = FeatureCache(tmp_path / "one.zarr"), FeatureCache(tmp_path / "two.zarr")
     assert list(one.ids) == list(two.ids) == pq.read_table(index).column("id").to_pylist()
-    assert one.arrays() == two.arrays() == ["block-2", "cls"]
+    assert one.arrays() == two.arrays() == ["block-2", "cls", "cls_norm"]
     # Another process count may change float results in the last bits (thread pools, kernels),
     # so values are compared to within a few float16 steps; a row from the wrong image differs by far more.
     for name in ("cls", "block-2"):

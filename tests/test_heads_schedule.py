@@ -34,3 +34,14 @@ def test_default_schedule_is_coops_scripts(head):
     """COOP.md: ep50 at 1 shot, ep100 at 2 and 4 shots, the 200-epoch config at 8 and 16."""
     block = yaml.safe_load((REPO / "params.yaml").read_text())["heads"][head]
     assert {s: make_head(head, block, s).epochs for s in (1, 2, 4, 8, 16)} == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+
+
+def test_by_task_then_by_shots():
+    params = {"epochs": 200, "epochs_by_task": {"glare": 30}, "epochs_by_shots": {1: 50},
+              "heads_by_task": {"glare": 4}}
+    assert make_head("clip_mhadapter", params, 16, "glare").epochs == 30
+    assert make_head("clip_mhadapter", params, 16, "glare").heads == 4
+    assert make_head("clip_mhadapter", params, 1, "glare").epochs == 50  # shots applied after the task
+    assert make_head("clip_mhadapter", params, 16, "weather").heads == 8
+    with pytest.raises(ParamsError, match="'heads.clip_mhadapter.blend_by_task' must map tasks"):
+        make_head("clip_mhadapter", {"blend_by_task": [0.8]}, 1, "glare")

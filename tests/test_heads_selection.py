@@ -38,6 +38,7 @@ def task():
 
 def concat(*sets: FeatureSet) -> FeatureSet:
     return FeatureSet(ids=np.concatenate([s.ids for s in sets]), cls=np.concatenate([s.cls for s in sets]),
+                      cls_norm=None if sets[0].cls_norm is None else np.concatenate([s.cls_norm for s in sets]),
                       tokens={k: np.concatenate([s.tokens[k] for s in sets]) for k in sets[0].tokens},
                       views=None if sets[0].views is None else np.concatenate([s.views for s in sets]))
 

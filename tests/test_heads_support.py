@@ -33,7 +33,7 @@ LOGIT_SCALE = 100.0
 LEARNING: dict[str, dict] = {
     "clip_adapter": dict(optimizer="adamw", lr=0.05, weight_decay=0.0, epochs=20, device="cpu"),
     "tip_adapter_f": dict(lr=0.01, epochs=20, search_step=(50, 10), device="cpu"),
-    "clip_mhadapter": dict(lr=2e-3, epochs=20, patience=0, heads=4, device="cpu"),
+    "clip_mhadapter": dict(lr=2e-3, epochs=20, patience=0, heads=4, batch_size=8, warmup_epochs=1, device="cpu"),
     "coop": dict(n_ctx=4, csc=True, optimizer="adamw", lr=0.01, epochs=20, batch_size=8, device="cpu"),
 }
 
@@ -88,6 +88,7 @@ def _split(rng: np.random.Generator, centres: np.ndarray, proj: np.ndarray, per_
     tokens = (raw @ proj)[:, None] + 0.05 * rng.standard_normal((len(y), N_TOKENS, TOKEN_WIDTH))
     fs = FeatureSet(ids=np.array([f"{prefix}{i}" for i in range(len(y))]),
                     cls=normalise(raw).astype(np.float32),
+                    cls_norm=np.linalg.norm(raw, axis=1).astype(np.float32),
                     tokens={"block-2": tokens.astype(np.float32)},
                     views=normalise(views).astype(np.float32))
     return fs, y

@@ -162,32 +162,39 @@ __all__ = ["BaseHead", "resolve_device", "seeded", "softmax", "l2_normalise", "t
            "check_labels", "check_features"]
 
 
-BY_SHOTS = "_by_shots"
+BY_SHOTS, BY_TASK = "_by_shots", "_by_task"
 
 
 def head_params(name: str, cls: type[BaseHead], params: Mapping[str, Any] | None,
-                shots: int | str | None = None) -> dict[str, Any]:
-    """The constructor kwargs of head ``name`` from its ``heads.<name>`` block, for a draw of ``shots``.
+                shots: int | str | None = None, task: str | None = None) -> dict[str, Any]:
+    """The constructor kwargs of head ``name`` from its ``heads.<name>`` block, for one draw.
 
-    Unknown keys are refused by full name. A key ``<param>_by_shots`` (a mapping
-    shots -> value) overrides ``<param>`` for the draws of those shots, e.g. CoOp's
-    scripts: ``epochs: 200, epochs_by_shots: {1: 50, 2: 100, 4: 100}``; without
-    ``shots`` (or for shots it does not list) ``<param>`` applies. (Here, not in
-    the registry module, because every train stage depends on this file.)
+    Unknown keys are refused by full name. Two kinds of override (tables in the block):
+
+    * ``<param>_by_task``: a mapping task -> value, e.g. CLIP-MHAdapter's per-task
+      ``blend_by_task: {glare: 0.8}``;
+    * ``<param>_by_shots``: a mapping shots -> value, e.g. CoOp's scripts:
+      ``epochs: 200, epochs_by_shots: {1: 50, 2: 100, 4: 100}`` (applied after the task's).
+
+    Without ``task``/``shots`` (or for ones a table does not list) ``<param>`` applies.
+    (Here, not in the registry module, because every train stage depends on this file.)
     """
     from pipeline.params import ParamsError
 
     values = dict(params or {})
     allowed = set(cls().get_params())
-    for key in [k for k in values if k.endswith(BY_SHOTS)]:
-        table, base = values.pop(key), key.removesuffix(BY_SHOTS)
-        if base not in allowed:
-            raise ParamsError(f"'heads.{name}.{key}': '{base}' is not a param of head '{name}'")
-        if not isinstance(table, Mapping) or not all(str(k) == "all" or str(k).isdigit() for k in table):
-            raise ParamsError(f"'heads.{name}.{key}' must map shot counts (or 'all') to values, got {table!r}")
-        by_shots = {str(k): v for k, v in table.items()}
-        if shots is not None and str(shots) in by_shots:
-            values[base] = by_shots[str(shots)]
+    for suffix, at in ((BY_TASK, task), (BY_SHOTS, shots)):
+        for key in [k for k in values if k.endswith(suffix)]:
+            table, base = values.pop(key), key.removesuffix(suffix)
+            if base not in allowed:
+                raise ParamsError(f"'heads.{name}.{key}': '{base}' is not a param of head '{name}'")
+            shot_like = suffix == BY_TASK or all(str(k) == "all" or str(k).isdigit() for k in table or {})
+            if not isinstance(table, Mapping) or not shot_like:
+                what = "tasks" if suffix == BY_TASK else "shot counts (or 'all')"
+                raise ParamsError(f"'heads.{name}.{key}' must map {what} to values, got {table!r}")
+            by = {str(k): v for k, v in table.items()}
+            if at is not None and str(at) in by:
+                values[base] = by[str(at)]
     unknown = sorted(set(values) - allowed)
     if unknown:
         keys = ", ".join(f"'heads.{name}.{k}'" for k in unknown)
