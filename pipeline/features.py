@@ -25,7 +25,8 @@ class FeatureSet:
             penultimate block that CLIP-MHAdapter reads.
     tiles:  optional [N, 1 + g*g, D] normalised embeddings of the whole image
             followed by its g x g crops (CDUL).
-    views:  optional [N, A, D] normalised embeddings of augmented views.
+    views:  optional [N, A, D] normalised embeddings of augmented views;
+            ``views_norm`` [N, A] their norms before normalising.
     corrected, corrected_views: optional overlap-corrected versions of ``cls``
             and ``views`` (:mod:`pipeline.overlap_correction`). Heads that
             compare images with images (Tip-Adapter's affinities) use them
@@ -37,6 +38,7 @@ class FeatureSet:
     cls: np.ndarray
     tokens: dict[str, np.ndarray] = field(default_factory=dict)
     cls_norm: np.ndarray | None = None
+    views_norm: np.ndarray | None = None
     tiles: np.ndarray | None = None
     views: np.ndarray | None = None
     corrected: np.ndarray | None = None
@@ -44,7 +46,7 @@ class FeatureSet:
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        for name, arr in [("cls", self.cls), ("cls_norm", self.cls_norm), ("tiles", self.tiles), ("views", self.views),
+        for name, arr in [("cls", self.cls), ("cls_norm", self.cls_norm), ("tiles", self.tiles), ("views", self.views), ("views_norm", self.views_norm),
                           ("corrected", self.corrected), ("corrected_views", self.corrected_views),
                           *[(f"tokens[{k}]", v) for k, v in self.tokens.items()]]:
             if arr is not None and len(arr) != n:
@@ -62,6 +64,7 @@ class FeatureSet:
             cls_norm=None if self.cls_norm is None else self.cls_norm[index],
             tiles=None if self.tiles is None else self.tiles[index],
             views=None if self.views is None else self.views[index],
+            views_norm=None if self.views_norm is None else self.views_norm[index],
             corrected=None if self.corrected is None else self.corrected[index],
             corrected_views=None if self.corrected_views is None else self.corrected_views[index],
         )

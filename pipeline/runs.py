@@ -55,7 +55,9 @@ class TaskData:
         if self.views is None:
             return features
         views = self.views.read("views", features.ids)
-        return replace(features, views=views, corrected_views=self.transform(views) if self.transform else None)
+        norms = self.views.read("views_norm", features.ids) if "views_norm" in self.views.arrays() else None
+        return replace(features, views=views, views_norm=norms,
+                       corrected_views=self.transform(views) if self.transform else None)
 
     def rows(self, ids: list[str]) -> np.ndarray:
         pos = {sid: i for i, sid in enumerate(self.features.ids)}

@@ -177,7 +177,8 @@ def check_predictions_and_draws(repo: Path, params: dict) -> None:
                     fitted = pickle.load(fh)
                 ids = [d["id"] for d in draws if (d["task"], d["shots"], d["seed"], d["subset"]) ==
                        (task, str(shots), seed, "train")]  # the order the draw lists them in
-                mean = views.read("views", ids).mean(axis=1)
+                # the reference's keys: the mean of the raw (unnormalised) passes, then normalised
+                mean = (views.read("views", ids) * views.read("views_norm", ids)[..., None]).mean(axis=1)
                 expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
                 np.testing.assert_allclose(fitted.keys_, expected, atol=1e-5, err_msg=f"{task}-{shots}-{seed}")
 

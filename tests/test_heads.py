@@ -181,7 +181,7 @@ def test_zeror_prior_and_one_hot(task):
 
 
 def tip_expected(task, alpha: float, beta: float) -> np.ndarray:
-    keys = normalise(task.train.views.astype(np.float64).mean(axis=1))
+    keys = normalise((task.train.views * task.train.views_norm[..., None]).astype(np.float64).mean(axis=1))
     values = np.eye(4)[task.y_train]
     f = task.test.cls.astype(np.float64)
     affinity = f @ keys.T
@@ -226,7 +226,7 @@ def test_tip_adapter_search_follows_reference_grid(task):
     assert len(search_grid(7, 200)) == 200 and max(search_grid(3, 20)) < 3
     head = TipAdapterHead(search_step=(12, 6)).fit(
         task.train, task.y_train, text=task.text, X_val=task.val, y_val=task.y_val)
-    keys = normalise(task.train.views.astype(np.float64).mean(axis=1))
+    keys = normalise((task.train.views * task.train.views_norm[..., None]).astype(np.float64).mean(axis=1))
     f = task.val.cls.astype(np.float64)
     clip_logits, affinity = LOGIT_SCALE * f @ ensemble_weights(task.text).T, f @ keys.T
     best = (-1, None)

@@ -279,7 +279,7 @@ def test_tip_adapter_keys_follow_use_views(task):
     """Cache keys: mean of the views re-normalised, or the embeddings themselves."""
     from tests.test_heads_support import normalise
 
-    mean_views = normalise(task.train.views.astype(np.float64).mean(axis=1))
+    mean_views = normalise((task.train.views * task.train.views_norm[..., None]).astype(np.float64).mean(axis=1))
     on = fit("tip_adapter_f", short("tip_adapter_f", epochs=0), task.train, task.y_train, task, val=False)
     off = fit("tip_adapter_f", short("tip_adapter_f", epochs=0, use_views=False), task.train, task.y_train, task,
               val=False)

@@ -165,7 +165,7 @@ def test_init_alpha_beta_used_without_validation(name, task, monkeypatch):
         assert during_training and set(during_training) == {(2.5, 5.5)}
         keys = head.net_.adapter.weight.detach().numpy().astype(np.float64)  # the fine-tuned keys
     else:
-        keys = normalise(task.train.views.astype(np.float64).mean(axis=1))
+        keys = normalise((task.train.views * task.train.views_norm[..., None]).astype(np.float64).mean(axis=1))
     np.testing.assert_allclose(head.predict_proba(task.test), softmax(tip_logits(task, task.test, keys, 2.5, 5.5)),
                                rtol=1e-4, atol=1e-6)
 
@@ -187,7 +187,7 @@ def test_search_scale_bounds_the_grid_as_the_reference(name, task):
     if name == "tip_adapter_f":
         keys = head.net_.adapter.weight.detach().numpy().astype(np.float64)
     else:
-        keys = normalise(task.train.views.astype(np.float64).mean(axis=1))
+        keys = normalise((task.train.views * task.train.views_norm[..., None]).astype(np.float64).mean(axis=1))
     f = task.val.cls.astype(np.float64)
     expected = reference_search(LOGIT_SCALE * f @ ensemble(task.text).T, f @ keys.T, np.eye(4)[task.y_train],
                                 task.y_val, scale, steps, init=None)

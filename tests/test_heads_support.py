@@ -90,7 +90,8 @@ def _split(rng: np.random.Generator, centres: np.ndarray, proj: np.ndarray, per_
                     cls=normalise(raw).astype(np.float32),
                     cls_norm=np.linalg.norm(raw, axis=1).astype(np.float32),
                     tokens={"block-2": tokens.astype(np.float32)},
-                    views=normalise(views).astype(np.float32))
+                    views=normalise(views).astype(np.float32),
+                    views_norm=np.linalg.norm(views, axis=-1).astype(np.float32))
     return fs, y
 
 

@@ -21,9 +21,12 @@ the first pair reaching the best validation accuracy wins. Before searching
 Deviations:
 * ``s`` is ``text.logit_scale`` (exp of the model's learned temperature) where
   the reference hard-codes 100; they coincide for OpenAI CLIP (100.0).
-* Keys: the reference averages the raw embeddings of 10 augmented passes and
-  then normalises; here the cached normalised views ``X.views`` are averaged
-  and re-normalised (``X.cls`` when there are no views or ``use_views=False``).
+* Keys: as the reference, the raw embeddings of the augmented passes are
+  averaged and then normalised; the raw views are rebuilt exactly from the
+  cache (``X.views * X.views_norm``). Without stored norms (an old cache) the
+  normalised views are averaged; with corrected views too, since the adapter
+  maps normalised embeddings. ``X.cls`` when there are no views or
+  ``use_views=False``.
 * The reference also prints test accuracy while searching; only validation
   rows are ever used here.
 
@@ -54,10 +57,13 @@ _ROWS = 1024  # rows per chunk, bounds the [rows, K] affinity matrix
 
 
 def cache_keys(X: FeatureSet, use_views: bool) -> np.ndarray:
-    """[K, D] keys: mean of the augmented views, re-normalised, else the embeddings (corrected when given)."""
+    """[K, D] keys: mean of the raw augmented views, normalised, else the embeddings (corrected when given)."""
     views = X.views if X.corrected is None else X.corrected_views
     if use_views and views is not None:
-        return l2_normalise(np.asarray(views, dtype=np.float32).mean(axis=1))
+        views = np.asarray(views, dtype=np.float32)
+        if X.corrected is None and X.views_norm is not None:
+            views = views * np.asarray(X.views_norm, dtype=np.float32)[..., None]  # the raw passes
+        return l2_normalise(views.mean(axis=1))
     return affinity_features(X)
 
 
