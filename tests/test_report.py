@@ -263,6 +263,15 @@ def test_renders_without_cdul_or_overlap(inputs):
     assert json.loads((out / "overlap.json").read_text()) == {}
 
 
+def test_no_heads_and_no_overlap_still_writes_every_declared_output(tmp_path):
+    # train.heads: [] on a multi-label-only dataset: nothing to draw, but dvc.yaml declares figures/ and tables/
+    report = build_report([], ReportParams(), tasks=[])
+    write_report(report, tmp_path / "out", headline=tmp_path / "metrics.json")
+    assert report.figures() == [] and list((tmp_path / "out" / "figures").iterdir()) == []
+    assert (tmp_path / "out" / "tables" / "results.parquet").is_file()
+    assert "No single-label head ran" in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_stage_end_to_end(inputs):
     """The typer stage on files: params sections, tiny zarr cache + manifest for the overlap figure."""
     from typer.testing import CliRunner

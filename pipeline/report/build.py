@@ -213,6 +213,7 @@ def write_report(report: Report, out_dir: Path | str, headline: Path | str | Non
 
     out = Path(out_dir)
     fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)  # a declared DVC output even when no figure is drawn (no heads)
     keep = {f"{f.name}.png" for f in report.figures()}
     if fig_dir.is_dir():  # figures of an earlier run that this one no longer makes
         for stale in fig_dir.glob("*.png"):
