@@ -33,8 +33,13 @@ Deviations:
 With overlap-corrected embeddings (``X.corrected`` / ``X.corrected_views``,
 stage ``train_oc``) the keys and the query side of the affinity ``A`` are the
 corrected ones while the CLIP logits keep the original embedding, as in the
-correction's reference code (``run.py``: ``clip_logits`` from the original
-features, ``pred_tipadapter`` with corrected features and keys).
+correction's reference code (``akres001/CLIP_fewshot_imo``, ``run.py``:
+``clip_logits`` from the original features, ``pred_tipadapter`` with corrected
+features and keys). That script also searches its own grid, which
+``search: auto`` (the default) follows whenever corrected features are given:
+``alpha`` over ``linspace(0, 20, 200)`` (outer loop), ``beta`` over
+``linspace(0, 20, 20)`` (inner), the first best pair winning (``search: imo``);
+without correction, Tip-Adapter's own grid above (``search: tip``).
 """
 from __future__ import annotations
 
@@ -106,6 +111,25 @@ def search_alpha_beta(clip_logits: torch.Tensor, affinity: torch.Tensor, values:
     return best[1], best[2], best[0] / max(1, len(y))
 
 
+IMO_ALPHAS = (0.0, 20.0, 200)  # np.linspace(0, alpha_max, N_search_alpha) in the correction's run.py
+IMO_BETAS = (0.0, 20.0, 20)
+
+
+def search_alpha_beta_imo(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor,
+                          y: np.ndarray, init: tuple[float, float]) -> tuple[float, float, float]:
+    """(alpha, beta, val accuracy) on the overlap correction's grid: alpha outer, beta inner."""
+    target = torch.as_tensor(y, device=clip_logits.device)
+    betas = np.linspace(*IMO_BETAS)
+    cache = [torch.exp(-float(beta) * (1.0 - affinity)) @ values for beta in betas]  # one per beta
+    best = (0, *init)  # the script starts from 0 correct and keeps strict improvements
+    for alpha in np.linspace(*IMO_ALPHAS):
+        for beta, cache_logits in zip(betas, cache):
+            correct = int(((clip_logits + float(alpha) * cache_logits).argmax(1) == target).sum())
+            if correct > best[0]:
+                best = (correct, float(alpha), float(beta))
+    return best[1], best[2], best[0] / max(1, len(y))
+
+
 class TipAdapterHead(BaseHead):
     """Training-free cache model; alpha / beta searched on validation rows."""
 
@@ -115,12 +139,14 @@ class TipAdapterHead(BaseHead):
     def __init__(self, *, init_alpha: float = REF_INIT_ALPHA, init_beta: float = REF_INIT_BETA,
                  search_scale: tuple[float, float] = REF_SEARCH_SCALE,
                  search_step: tuple[int, int] = REF_SEARCH_STEP, use_views: bool = True,
+                 search: Literal["auto", "tip", "imo"] = "auto",
                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.init_alpha = init_alpha
         self.init_beta = init_beta
         self.search_scale = search_scale
         self.search_step = search_step
         self.use_views = use_views
+        self.search = search
         self.device = device
 
     def _fit(self, X: FeatureSet, y: np.ndarray, *, text: TextContext,
@@ -133,9 +159,14 @@ class TipAdapterHead(BaseHead):
         self.alpha_, self.beta_ = float(self.init_alpha), float(self.init_beta)
         if X_val is not None:
             clip_logits, affinity = self._parts(X_val.cls, affinity_features(X_val))
-            self.alpha_, self.beta_, acc = search_alpha_beta(
-                clip_logits, affinity, self._t(self.values_), y_val,
-                tuple(self.search_scale), tuple(self.search_step), init=(self.alpha_, self.beta_))
+            values = self._t(self.values_)
+            if self.search == "imo" or (self.search == "auto" and X.corrected is not None):
+                self.alpha_, self.beta_, acc = search_alpha_beta_imo(clip_logits, affinity, values, y_val,
+                                                                     init=(self.alpha_, self.beta_))
+            else:
+                self.alpha_, self.beta_, acc = search_alpha_beta(
+                    clip_logits, affinity, values, y_val,
+                    tuple(self.search_scale), tuple(self.search_step), init=(self.alpha_, self.beta_))
             logger.info("tip_adapter: alpha=%.3f beta=%.3f (val acc %.4f)", self.alpha_, self.beta_, acc)
         return 0
 
