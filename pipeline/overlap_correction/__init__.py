@@ -62,7 +62,10 @@ class OverlapAdapterParams:
                       the adapter output hardly changes (synthetic tests: overlap 0.70 -> 0.67
                       with 3 layers, 0.67 with 1, 0.27 with 0). In the paper the head sits on
                       a whole adapted encoder, not on one post-hoc residual block.
-    teacher_temp:     DINO teacher temperature (0.04, DINO's default, no warm-up).
+    teacher_temp:     DINO teacher temperature at the start of its warm-up (0.04).
+    teacher_temp_final: after the warm-up (0.07, the correction's DINO script).
+    teacher_temp_warmup_epochs: linear warm-up length (the script: 50 of 100 epochs; 15 of 30 here).
+    clip_grad:        DINO mode: each parameter's gradient clipped to this norm (0.3, the script's).
     student_temp:     DINO student temperature (0.1).
     center_momentum:  EMA momentum of the DINO centre (0.9).
     teacher_momentum: initial EMA momentum of the teacher, raised to 1 with a cosine
@@ -86,6 +89,9 @@ class OverlapAdapterParams:
     head_bottleneck: int = 128
     head_layers: int = 0
     teacher_temp: float = 0.04
+    teacher_temp_final: float = 0.07
+    teacher_temp_warmup_epochs: int = 15
+    clip_grad: float = 0.3
     student_temp: float = 0.1
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996
@@ -106,7 +112,9 @@ class OverlapAdapterParams:
             raise ValueError(f"head_layers must be >= 0, got {self.head_layers}")
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        for name in ("ratio", "lr", "temperature", "teacher_temp", "student_temp"):
+        if self.teacher_temp_warmup_epochs < 0:
+            raise ValueError(f"teacher_temp_warmup_epochs must be >= 0, got {self.teacher_temp_warmup_epochs}")
+        for name in ("ratio", "lr", "temperature", "teacher_temp", "teacher_temp_final", "student_temp", "clip_grad"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.weight_decay >= 0:

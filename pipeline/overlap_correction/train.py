@@ -19,11 +19,16 @@ image twice per step as the paper does.
   (synthetic test data with image-fixed nuisance: overlap 0.69 -> 0.71).
 
 Optimisation: AdamW on all trainable parameters, learning rate cosine-decayed
-from ``lr`` to 0 over all steps, gradient-norm clipping at 3.0 (DINO's
-default). Deviations from DINO: no learning-rate warm-up, constant weight
-decay (DINO: 0.04 -> 0.4, excluding biases), no teacher-temperature warm-up
-(DINO's default warm-up is 0.04 -> 0.04, a no-op), last layer never frozen
-(the paper's released DINO run also uses ``freeze_last_layer 0``).
+from ``lr`` to 0 over all steps. As the correction's DINO script
+(``akres001/CLIP_fewshot_imo``, ``dino_clip_training.py``): the teacher
+temperature warms linearly from ``teacher_temp`` (0.04) to
+``teacher_temp_final`` (0.07) over ``teacher_temp_warmup_epochs`` (its 50 of
+100 epochs; half of ours) and stays there, and each parameter's gradient is
+clipped to norm ``clip_grad`` (0.3; DINO's per-parameter ``clip_gradients``).
+SupCon keeps a global gradient-norm clip at 3.0. Deviations from that script:
+no learning-rate warm-up, constant weight decay (0.04 -> 0.4 there, excluding
+biases), teacher momentum 0.996 (0.9995 there), last layer never frozen
+(``freeze_last_layer 1`` there).
 
 On CPU the result is a deterministic function of the inputs and ``seed``
 (torch is seeded inside a forked RNG state; data order comes from a seeded
@@ -51,7 +56,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CLIP_GRAD = 3.0  # DINO's default gradient-norm clip
+CLIP_GRAD = 3.0  # the SupCon mode's global gradient-norm clip
+
+
+def teacher_temperature(epoch: int, start: float, final: float, warmup_epochs: int) -> float:
+    """DINO's schedule: ``linspace(start, final, warmup_epochs)`` then ``final``."""
+    if epoch >= warmup_epochs:
+        return final
+    return float(np.linspace(start, final, warmup_epochs)[epoch])
+
+
+def clip_gradients(params: list[nn.Parameter], clip: float) -> None:
+    """DINO's ``clip_gradients``: each parameter's gradient scaled down to norm ``clip`` (not a global norm)."""
+    for p in params:
+        if p.grad is not None:
+            coef = clip / (float(p.grad.norm(2)) + 1e-6)
+            if coef < 1:
+                p.grad.mul_(coef)
 
 
 def fit_adapter(views: np.ndarray, labels: np.ndarray | None, ids: np.ndarray,
@@ -121,6 +142,12 @@ class _Objective:
     def after_step(self, it: int, total: int) -> dict[str, float]:
         return {}
 
+    def start_epoch(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def clip(self, trainable: list[nn.Parameter]) -> None:
+        torch.nn.utils.clip_grad_norm_(trainable, CLIP_GRAD)
+
     def result(self) -> OverlapAdapter:
         raise NotImplementedError
 
@@ -149,7 +176,17 @@ class _Dino(_Objective):
             p.requires_grad_(False)
         self.center = torch.zeros(params.out_dim, device=head.prototypes.device)
         self.params = params
+        self.teacher_temp = params.teacher_temp
         self._teacher_out: torch.Tensor | None = None
+
+    def start_epoch(self, epoch: int) -> dict[str, float]:
+        p = self.params
+        self.teacher_temp = teacher_temperature(epoch, p.teacher_temp, p.teacher_temp_final,
+                                                p.teacher_temp_warmup_epochs)
+        return {"teacher_temp": self.teacher_temp}
+
+    def clip(self, trainable: list[nn.Parameter]) -> None:
+        clip_gradients(trainable, self.params.clip_grad)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
@@ -159,7 +196,7 @@ class _Dino(_Objective):
         with torch.no_grad():
             self._teacher_out = self.teacher(views)
         p = self.params
-        return dino_loss(self.student(views), self._teacher_out, self.center, p.student_temp, p.teacher_temp)
+        return dino_loss(self.student(views), self._teacher_out, self.center, p.student_temp, self.teacher_temp)
 
     @torch.no_grad()
     def after_step(self, it: int, total: int) -> dict[str, float]:
@@ -194,19 +231,20 @@ def _train(data: torch.Tensor, objective: _Objective, params: "OverlapAdapterPar
         second = (first + rng.integers(1, a, size=n)) % a if a > 1 else first
         pairs = torch.as_tensor(np.stack([first, second], axis=1), device=data.device)
         losses, extra = [], {}
+        schedule = objective.start_epoch(epoch)
         for start in range(0, n, params.batch_size):
             idx = torch.as_tensor(order[start:start + params.batch_size], device=data.device)
             loss = objective.loss(data[idx[:, None], pairs[idx]], idx)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, CLIP_GRAD)
+            objective.clip(trainable)
             optimiser.step()
             scheduler.step()
             extra = objective.after_step(it, total)
             losses.append(loss.item())
             it += 1
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "loss_std": float(np.std(losses)),
-                  "lr": float(scheduler.get_last_lr()[0]), **extra}
+                  "lr": float(scheduler.get_last_lr()[0]), **schedule, **extra}
         history.append(record)
         logger.info("overlap adapter (%s) epoch %d/%d: loss %.4f", params.mode, epoch + 1,
                     params.epochs, record["loss"])
