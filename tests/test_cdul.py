@@ -266,3 +266,40 @@ def test_kl_variant_runs_and_returns_distributions():
     proba = clf.predict_proba(x)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
     assert mean_average_precision(y, proba) > 0.5
+
+
+def test_kl_training_loss_is_kl_of_prediction_to_pseudo_labels():
+    """cs-mshah/CDUL src/train.py: ``KLDivergence()(preds, pseudo_labels)`` with preds = softmax(logits);
+    torchmetrics normalises both rows: sum_c p_c log(p_c / q_c), q = labels / sum(labels)."""
+    from pipeline.cdul.classifier import pseudo_label_loss
+
+    rng = np.random.default_rng(2)
+    logits, labels = rng.normal(0, 2, (6, 5)), rng.uniform(0.05, 0.95, (6, 5))
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    q = labels / labels.sum(1, keepdims=True)
+    want = (p * np.log(p / q)).sum(1)
+    got = pseudo_label_loss(torch.tensor(logits), torch.tensor(labels), "kl").numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    reverse = (q * np.log(q / p)).sum(1)
+    assert np.abs(want - reverse).max() > 1e-3  # the two directions differ on these inputs
+
+
+def test_single_template_uses_that_templates_embeddings():
+    """cdul.similarity.template: the reproduction's one prompt instead of the ensemble."""
+    from pipeline.cdul.similarity import CdulSimilarityParams, cdul_scores, cdul_scores_from_embeddings
+    from pipeline.features import TextContext
+
+    rng = np.random.default_rng(5)
+    per_template = rng.normal(size=(2, 4, 8))
+    per_template /= np.linalg.norm(per_template, axis=-1, keepdims=True)
+    ensemble = per_template.mean(0) / np.linalg.norm(per_template.mean(0), axis=-1, keepdims=True)
+    text = TextContext(tuple("abcd"), ensemble, per_template, ("a photo of a {}.", "x {}"), 100.0)
+    tiles = rng.normal(size=(3, 5, 8))
+    tiles /= np.linalg.norm(tiles, axis=-1, keepdims=True)
+    one = cdul_scores(tiles, text, CdulSimilarityParams(template=1))
+    want = cdul_scores_from_embeddings(tiles, per_template[1], 100.0, CdulSimilarityParams())
+    np.testing.assert_allclose(one.final, want.final)
+    assert not np.allclose(one.final, cdul_scores(tiles, text, CdulSimilarityParams()).final)
+    with pytest.raises(ValueError, match="cdul.similarity.template: 2"):
+        cdul_scores(tiles, text, CdulSimilarityParams(template=2))

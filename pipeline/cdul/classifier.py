@@ -30,11 +30,14 @@ Deviations, all deliberate:
   cached CLIP image embeddings (``FeatureSet.cls``), standardised with the
   training-set mean / std. On frozen features this is the part that learns.
 * Loss: sigmoid + BCE-with-logits per class (multi-label). The reproduction
-  study (Shah & Bhalgat, 2024) trained softmax + KL divergence, which treats
-  the labels as one distribution over classes -- a mistake for multi-label
-  targets. ``loss="kl"`` keeps that variant for comparison (labels are then
-  normalised per image and ``predict_proba`` returns the softmax, because
-  the sigmoid of shift-invariant softmax logits means nothing).
+  study (Shah & Bhalgat, 2024; ``cs-mshah/CDUL`` ``src/train.py``) trained
+  softmax + KL divergence, which treats the labels as one distribution over
+  classes -- a mistake for multi-label targets. ``loss="kl"`` keeps that
+  variant for comparison, with its directions: training minimises
+  KL(prediction || pseudo-labels) and the label update follows the gradient of
+  KL(pseudo-labels || prediction) (labels normalised per image, as torchmetrics
+  does; ``predict_proba`` returns the softmax, because the sigmoid of
+  shift-invariant softmax logits means nothing).
 * Labels are updated every ``update_every`` epochs over the whole training
   set with the classifier in eval mode, rather than per mini-batch;
   ``update_every=0`` switches gradient alignment off (ablation).
@@ -111,9 +114,26 @@ def gaussian_psi(y: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-image loss [B] between head logits and soft labels in [0, 1]."""
+    """Per-image training loss [B] between head logits and soft labels in [0, 1].
+
+    ``kl`` is the reproduction's ``KLDivergence()(preds, pseudo_labels)`` (torchmetrics:
+    both rows normalised to sum 1): KL(softmax(logits) || labels / sum(labels)).
+    """
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=1)
+    target = (labels / labels.sum(dim=1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12)
+    log_p = F.log_softmax(logits, dim=1)
+    return (log_p.exp() * (log_p - torch.log(target))).sum(dim=1)
+
+
+def label_update_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-image loss [B] whose gradient w.r.t. the labels drives Eq. 7.
+
+    ``kl``: the reproduction's update uses ``kl_divergence(pseudo_labels, preds)``,
+    i.e. KL(labels / sum(labels) || softmax(logits)), the reverse of its training loss.
+    """
+    if kind == "bce":
+        return pseudo_label_loss(logits, labels, kind)
     target = labels / labels.sum(dim=1, keepdim=True).clamp_min(1e-12)
     log_p = F.log_softmax(logits, dim=1)
     return (target * (torch.log(target.clamp_min(1e-12)) - log_p)).sum(dim=1)
@@ -128,7 +148,7 @@ def gradient_alignment_step(
     derivative of the summed loss (for BCE this equals ``-logits``).
     """
     y = torch.sigmoid(latent.detach()).requires_grad_(True)
-    loss = pseudo_label_loss(logits.detach(), y, kind).sum()
+    loss = label_update_loss(logits.detach(), y, kind).sum()
     (grad,) = torch.autograd.grad(loss, y)
     return latent.detach() - step * gaussian_psi(y.detach(), sigma) * grad
 
@@ -318,6 +338,14 @@ class CdulClassifier(BaseEstimator):
 
     # ------------------------------------------------------------------ predict
 
+    def _empty_module(self, attr: str, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+        """``head_`` with weights of ``shapes``, values unset (read back from a model file: pipeline.modelfile)."""
+        if attr != "head_":
+            raise ValueError(f"CdulClassifier: no module attribute '{attr}' to rebuild")
+        last = shapes["weight"] if "weight" in shapes else shapes["2.weight"]
+        first = shapes["weight"] if "weight" in shapes else shapes["0.weight"]
+        return _build_head(first[1], last[0], self.hidden_dim)
+
     def decision_function(self, X: FeatureSet) -> np.ndarray:
         """[N, C] head logits."""
         if not hasattr(self, "head_"):
@@ -349,5 +377,6 @@ __all__ = [
     "CdulClassifier",
     "gaussian_psi",
     "pseudo_label_loss",
+    "label_update_loss",
     "gradient_alignment_step",
 ]

@@ -54,11 +54,16 @@ class CdulSimilarityParams:
                    a number -> logits = cos / temperature (override, e.g. 0.01).
     global_weight: w in final = w * global + (1 - w) * local_agg; 0.5 is the
                    paper's plain average.
+    template:      None -> the task's template ensemble (this project's default);
+                   an index -> that one template of ``text.templates.<task>``. The
+                   reproduction (cs-mshah/CDUL) uses the single prompt "a photo of a {}":
+                   list ``'a photo of a {}.'`` first there and set ``template: 0``.
     """
 
     threshold: float = 0.5
     temperature: float | None = None
     global_weight: float = 0.5
+    template: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -154,8 +159,15 @@ def cdul_scores_from_embeddings(
 def cdul_scores(
     tiles: np.ndarray, text: TextContext, params: CdulSimilarityParams = CdulSimilarityParams()
 ) -> CdulScores:
-    """:func:`cdul_scores_from_embeddings` with the text side of a task."""
-    return cdul_scores_from_embeddings(tiles, text.class_emb, text.logit_scale, params)
+    """:func:`cdul_scores_from_embeddings` with the text side of a task (ensemble or one template)."""
+    if params.template is None:
+        class_emb = text.class_emb
+    else:
+        if not 0 <= params.template < len(text.template_emb):
+            raise ValueError(f"cdul.similarity.template: {params.template} is not an index of the task's "
+                             f"{len(text.template_emb)} templates")
+        class_emb = text.template_emb[params.template]
+    return cdul_scores_from_embeddings(tiles, class_emb, text.logit_scale, params)
 
 
 def pseudo_label_quality(scores: CdulScores, y_true: np.ndarray) -> dict[str, float]:
