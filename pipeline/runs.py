@@ -5,11 +5,15 @@ For every single-label task, every K in ``train.shots`` and every seed in
 hyperparameters on the matching validation draw (never on test), and predicts
 the validation and test rows. Predictions are stored by sample id together
 with the true label, so evaluation and reports never need the caches again.
+
+Besides the draws, a ``final`` head per task is refitted on every labelled
+train and val row with the hyperparameters that validation chose at the largest
+shot count (first seed): the model to label new images with (:func:`fit_final`).
+Fitted heads are written as model files (:mod:`pipeline.modelfile`, no pickle).
 """
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -20,8 +24,9 @@ import pyarrow.parquet as pq
 
 from pipeline.cache import FeatureCache
 from pipeline.features import FeatureSet, TextContext
-from pipeline.fewshot import select, shot_label
+from pipeline.fewshot import ALL, select, shot_label
 from pipeline.manifest import manifest_meta
+from pipeline.modelfile import learned_attributes
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,23 @@ class TaskData:
         norms = self.views.read("views_norm", features.ids) if "views_norm" in self.views.arrays() else None
         return replace(features, views=views, views_norm=norms,
                        corrected_views=self.transform(views) if self.transform else None)
+
+    def final_features(self, rows: np.ndarray) -> FeatureSet:
+        """Rows of the final fit (train and val): views where cached (``views.split``, train by default);
+        a row without cached views (val) uses its own embedding as each of its views."""
+        features = self.features.take(rows)
+        if self.views is None:
+            return features
+        cached = set(self.views.ids)
+        have = np.array([sid in cached for sid in features.ids], dtype=bool)
+        if have.all():
+            return self.train_features(rows)
+        some = self.views.read("views", features.ids[have]) if have.any() else None
+        n_views = some.shape[1] if some is not None else 1
+        views = np.repeat(features.cls[:, None, :], n_views, axis=1)
+        if some is not None:
+            views[have] = some
+        return replace(features, views=views, corrected_views=self.transform(views) if self.transform else None)
 
     def rows(self, ids: list[str]) -> np.ndarray:
         pos = {sid: i for i, sid in enumerate(self.features.ids)}
@@ -144,11 +166,52 @@ def _predictions(head: Any, data: TaskData, rows: np.ndarray, subset: str, shots
     })
 
 
-def save_head(head: Any, path: Path) -> None:
-    """Pickle a fitted head (without the frozen text tower it may reference)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        pickle.dump(head, fh, protocol=pickle.HIGHEST_PROTOCOL)
+FINAL = "final"
+
+
+def final_shots(shots: tuple[int | str, ...]) -> int | str:
+    """The shot count whose validation choices the final fit keeps: ``all`` if run, else the largest."""
+    return ALL if ALL in [str(s) for s in shots] else max(int(s) for s in shots)
+
+
+def pinned_params(head: Any) -> dict[str, Any]:
+    """Constructor params that fix what validation chose in fitted ``head``, for a refit without validation rows.
+
+    Generic over the estimator contract: a learned scalar ``<p>_`` pins param ``<p>``
+    or ``init_<p>`` (the linear probe's C; Tip-Adapter's, GDA's alpha and beta;
+    ProKeR's beta and lambda), and ``best_epoch_`` (0-based) pins ``epochs``. A head
+    may define ``final_params()`` instead.
+    """
+    if hasattr(head, "final_params"):
+        return dict(head.final_params())
+    params = head.get_params()
+    pins: dict[str, Any] = {}
+    for attr in learned_attributes(head):
+        value = getattr(head, attr)
+        value = value.item() if isinstance(value, np.generic) else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        base = attr[:-1]
+        if attr == "best_epoch_":
+            if "epochs" in params:
+                pins["epochs"] = int(value) + 1
+        elif base in params:
+            pins[base] = value
+        elif f"init_{base}" in params:
+            pins[f"init_{base}"] = value
+    return pins
+
+
+def fit_final(head: Any, data: TaskData, selected: Any) -> Any:
+    """Fit ``head`` on every labelled train and val row with what ``selected``'s validation chose (no validation)."""
+    rows = np.flatnonzero(np.isin(data.split, ("train", "val")))
+    pins = pinned_params(selected)
+    if "seed" in head.get_params():
+        pins = {"seed": selected.get_params()["seed"], **pins}
+    head.set_params(**pins)
+    head.fit(data.final_features(rows), data.labels[rows], text=data.text)
+    log.info("%s final fit on %d train+val rows of '%s', pinned %s", type(head).__name__, len(rows), data.name, pins)
+    return head
 
 
 def write_predictions(tables: list[pa.Table], path: Path) -> None:

@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.imageio import expected_decode
 from pipeline.files import atomic_path
 from pipeline.params import load_section
-from pipeline.runs import save_head
+from pipeline.modelfile import encoder_identity, save_head
 from pipeline.text import read_text
 from stages import expected_errors, setup_logging
 
@@ -72,9 +72,10 @@ def train(manifest: Path = typer.Option(...), images: Path = typer.Option(...), 
     if table.column("id").to_pylist() != list(ids):
         raise UserError(f"{pseudo_dir}: pseudo-label ids differ from the manifest's rows; rerun cdul_pseudo")
     final = np.array(table.column("final").to_pylist(), dtype=np.float32)
-    clf, report, _ = train_and_test(FeatureCache(images, expect={**expect, **expected_decode(params)}).read("cls", ids), ids, split, y, final,
-                                    classes, cfg.classifier)
-    save_head(clf, out_dir / "fit" / "classifier.pkl")
+    cache = FeatureCache(images, expect={**expect, **expected_decode(params)})
+    clf, report, _ = train_and_test(cache.read("cls", ids), ids, split, y, final, classes, cfg.classifier)
+    save_head(clf, out_dir / "fit" / "classifier", name="cdul_classifier", task=cfg.task, classes=list(classes),
+              encoder=encoder_identity(cache.identity))
     _write_json(out_dir / "metrics.json", {"task": cfg.task, "test_mAP": round(report["mAP"], 4),
                                            "pseudo_final_test_mAP": round(report["pseudo_final_test"], 4),
                                            "f1@0.5": report["f1@0.5"], "f1@val_threshold": report.get("f1@val_threshold"),

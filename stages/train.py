@@ -17,8 +17,9 @@ from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_de
 from pipeline.params import load_section, read_params
 from pipeline.heads import make_head
 from pipeline.imageio import expected_decode
-from pipeline.runs import (TrainParams, accepts_feature_correction, fit_and_predict, load_task, needs_text_tower,
-                           save_head, token_blocks_of, uses_views, write_predictions)
+from pipeline.modelfile import encoder_identity, save_head, text_identity
+from pipeline.runs import (FINAL, TrainParams, accepts_feature_correction, final_shots, fit_and_predict, fit_final,
+                           load_task, needs_text_tower, pinned_params, token_blocks_of, uses_views, write_predictions)
 from pipeline.text import read_text
 from pipeline.files import atomic_path
 from stages import expected_errors, setup_logging
@@ -59,17 +60,29 @@ def main(
     if needs_text_tower(prototype):
         tower = load_model(model_params, resolve_device(load_section(RuntimeParams, "runtime", params).device))
     predictions, stats = [], []
+    chosen = final_shots(train.shots) if train.shots else None
     for task in train.tasks:
         ctx = read_text(text, task, expect=expect)
         if tower is not None:
             ctx = type(ctx)(**{**ctx.__dict__, "model": tower.model, "tokenizer": tower.tokenizer})
         data = load_task(task, table, cache, ctx, token_blocks_of(prototype), view_cache, transform)
+        info = {"task": task, "classes": list(data.classes), "text": text_identity(ctx),
+                "encoder": encoder_identity(cache.identity), "token_blocks": list(token_blocks_of(prototype)),
+                "feature_correction": None if overlap_adapter is None else str(overlap_adapter)}
+        selected = None
         for shots in train.shots:
             for seed in train.seeds:
                 fitted, preds = fit_and_predict(make_head(head, head_params or {}, shots, task), data, draws, shots, seed)
                 predictions.append(preds)
                 stats.append({"task": task, "shots": str(shots), "seed": seed, **fitted.fit_stats_})
-                save_head(fitted, out_dir / "models" / f"{task}-{shots}-{seed}.pkl")
+                save_head(fitted, out_dir / "models" / f"{task}-{shots}-{seed}", name=head,
+                          shots=str(shots), seed=seed, **info)
+                if selected is None and str(shots) == str(chosen):
+                    selected = fitted
+        if selected is not None:  # the head to label new images with: all labelled rows, validation's choices
+            final = fit_final(make_head(head, head_params or {}, chosen, task), data, selected)
+            save_head(final, out_dir / FINAL / task, name=head, shots=FINAL, seed=None, **info,
+                      selected_on={"shots": str(chosen), "seed": train.seeds[0], "pinned": pinned_params(selected)})
     write_predictions(predictions, out_dir / "predictions.parquet")
     with atomic_path(out_dir / "fit_stats.json") as tmp:
         tmp.write_text(json.dumps(stats, indent=1))

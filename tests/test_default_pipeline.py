@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.modelfile import load_head
 from tests.test_dvc_pipeline import DVC, _copy_repo, _edit, _sh
 
 RESULTS = "reports/synthstreets/synthclip-tiny"
@@ -70,8 +70,11 @@ def test_small_default_end_to_end(tmp_path: Path) -> None:
     check_zero_shot_above_zeror(repo, tasks)
     for name in ("clip_adapter", "coop"):  # the per-shot schedule reached the fitted heads
         for shots, epochs in ((1, 2), (4, 5)):
-            with (repo / f"runs/synthstreets/synthclip-tiny/{name}/models/weather-{shots}-1.pkl").open("rb") as fh:
-                assert pickle.load(fh).epochs == epochs, (name, shots)
+            path = repo / f"runs/synthstreets/synthclip-tiny/{name}/models/weather-{shots}-1.json"
+            assert load_head(path).head.epochs == epochs, (name, shots)
+    for head in params["train"]["heads"]:  # the final fit of every head and task, for `predict`
+        for task in tasks:
+            assert load_head(repo / f"runs/synthstreets/synthclip-tiny/{head}/final/{task}.json").meta["task"] == task
     quality = json.loads((repo / "cdul/synthstreets/synthclip-tiny/pseudo/pseudo_quality.json").read_text())
     assert set(quality["mAP"]["test"]) == {"global", "local", "final"}
     _assert_finite(quality, "pseudo_quality")
@@ -173,8 +176,7 @@ def check_predictions_and_draws(repo: Path, params: dict) -> None:
     for task in params["train"]["tasks"]:
         for shots in params["train"]["shots"]:
             for seed in params["train"]["seeds"]:
-                with (runs / "tip_adapter" / "models" / f"{task}-{shots}-{seed}.pkl").open("rb") as fh:
-                    fitted = pickle.load(fh)
+                fitted = load_head(runs / "tip_adapter" / "models" / f"{task}-{shots}-{seed}.json").head
                 ids = [d["id"] for d in draws if (d["task"], d["shots"], d["seed"], d["subset"]) ==
                        (task, str(shots), seed, "train")]  # the order the draw lists them in
                 # the reference's keys: the mean of the raw (unnormalised) passes, then normalised

@@ -109,3 +109,6 @@ class ClipAdapterHead(TorchHead):
             raise ValueError(f"reduction {self.reduction} invalid for dimension {X.cls.shape[1]}")
         return ClipAdapterNet(text_classifier(text, self.template), float(text.logit_scale),
                               self.reduction, self.ratio)
+
+    def _empty_net(self, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+        return ClipAdapterNet(np.zeros(shapes["class_weights"]), 0.0, self.reduction, self.ratio)

@@ -140,3 +140,7 @@ class MHAdapterHead(TorchHead):
         width = self._arrays(X)["tokens"].shape[2]
         return MHAdapterNet(width, weights, float(text.logit_scale), bottleneck=self.bottleneck,
                             heads=self.heads, dropout=self.dropout, blend=self.blend)
+
+    def _empty_net(self, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+        return MHAdapterNet(shapes["mlp.0.weight"][1], np.zeros(shapes["class_weights"]), 0.0,
+                            bottleneck=self.bottleneck, heads=self.heads, dropout=self.dropout, blend=self.blend)

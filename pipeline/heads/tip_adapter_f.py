@@ -119,6 +119,10 @@ class TipAdapterFHead(TorchHead):
                               text_classifier(text, None), float(text.logit_scale),
                               float(self.init_alpha), float(self.init_beta))
 
+    def _empty_net(self, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+        return TipAdapterFNet(*(np.zeros(shapes[k]) for k in ("adapter.weight", "values", "class_weights")),
+                              0.0, 0.0, 0.0)
+
     @torch.no_grad()
     def _finish(self, net: nn.Module, X_val: FeatureSet | None, y_val: np.ndarray | None) -> None:
         self.net_ = net

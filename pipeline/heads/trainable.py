@@ -62,6 +62,19 @@ class TorchHead(BaseHead):
         """Keep what predict needs (default: the trained network)."""
         self.net_ = net
 
+    def _empty_net(self, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+        """The network of this head's params with weights of ``shapes`` (its ``state_dict``), values unset.
+
+        The one hook a head keeping ``net_`` needs to be read back from a model file
+        (:mod:`pipeline.modelfile`); the weights and scalar attributes are then loaded into it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps net_ but does not define _empty_net")
+
+    def _empty_module(self, attr: str, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+        if attr != "net_":
+            raise ValueError(f"{type(self).__name__}: no module attribute '{attr}' to rebuild")
+        return self._empty_net(shapes)
+
     # -- shared ---------------------------------------------------------------
     def _view_arrays(self, X: FeatureSet) -> dict[str, np.ndarray]:
         """Augmented versions [N, A, ...] of the arrays of :meth:`_arrays`, by name."""
