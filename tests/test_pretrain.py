@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from PIL import Image
 
 from pipeline.model_configs import DEMO_MODEL, register_model_configs
 from pipeline.params import as_dict, load_section
-from pipeline.pretrain import (PretrainParams, build_model, default_pretrain_params, fit,
-                               load_pool, read_csv, run, save_checkpoint, zoom_crop)
+from pipeline.pretrain import (PretrainParams, _init_temperature, _lr_at, _optimizer, bicubic_matrix, build_model,
+                               default_pretrain_params, fit, load_pool, make_batch, read_csv, run, save_checkpoint,
+                               zoom_crop)
 from pipeline.pretrain_loss import FactVocab, fact_targets, multi_positive_sigmoid_loss
 from pipeline.synth import default_params
 from pipeline.synth.dataset import generate
@@ -74,6 +76,95 @@ def test_zoom_crop_labels() -> None:
     big = np.array([[2, 0, 0, 96, 96]], np.float32)  # a tree filling the image: cut by a small crop
     _, present, known = zoom_crop(image, big, rng, (0.4, 0.4))
     assert present[2] == 0 and known[2] == 0  # partly visible -> excluded from the loss
+
+
+def test_bicubic_matrix_is_torch_bicubic_upsampling() -> None:
+    image = torch.rand(3, 96, 96)
+    for start_y, start_x, side in ((0, 0, 96), (10, 30, 31), (29, 0, 67), (88, 88, 8)):
+        want = torch.nn.functional.interpolate(image[None, :, start_y:start_y + side, start_x:start_x + side],
+                                               size=(96, 96), mode="bicubic", align_corners=False)[0]
+        rows = torch.from_numpy(bicubic_matrix(96, start_y, side)).float()
+        cols = torch.from_numpy(bicubic_matrix(96, start_x, side)).float()
+        assert torch.allclose(rows @ image @ cols.T, want, atol=1e-5)
+
+
+def test_make_batch_matches_one_zoom_crop_per_image(data: Path) -> None:
+    """The batched crops use the same random draws as zoom_crop, in the same order."""
+    params = default_pretrain_params(zoom_frac=0.5)
+    model, preprocess, _ = build_model(params.model)
+    rows = [r for r in read_csv(data / "pretrain" / "facts.csv") if r["split"] == "train"]
+    pool = load_pool(data / "pretrain", rows, preprocess, "test")
+    vocab = FactVocab.build(params.templates)
+    targets, idx = fact_targets(rows, vocab), np.arange(len(rows))
+    x, t, w = make_batch(pool, targets, idx, vocab, params, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    zoomed = np.flatnonzero(rng.random(len(idx)) < params.zoom_frac)
+    assert 0 < len(zoomed) < len(idx)
+    obj = [i for i, (task, _) in enumerate(vocab.facts) if task == "objects"]
+    glare = [i for i, (task, _) in enumerate(vocab.facts) if task == "glare"]
+    want_x, want_t, want_w = pool.images.clone(), torch.from_numpy(targets.copy()), torch.ones(t.shape)
+    for j in zoomed:
+        img, present, known = zoom_crop(pool.images[j], pool.boxes[j], rng, params.zoom_scale)
+        want_x[j], want_t[j, obj], want_w[j, obj], want_w[j, glare] = img, torch.from_numpy(present), torch.from_numpy(known), 0.0
+    flips = torch.from_numpy(rng.random(len(idx)) < 0.5)
+    want_x[flips] = want_x[flips].flip(-1)
+    assert torch.allclose(x, want_x, atol=1e-5) and torch.equal(t, want_t) and torch.equal(w, want_w)
+
+
+def test_training_route_matches_open_clip_forward_and_dense_adamw(data: Path) -> None:
+    """fit's fast route (attention without MHA copies, trimmed captions, AdamW on the used
+    embedding rows) against the plain loop through open_clip's encode_text and a dense AdamW:
+    equal up to float rounding, and bitwise on the embedding rows no caption uses."""
+    params = default_pretrain_params(**{**TINY_TRAIN, "max_steps": 4, "batch_size": 16})
+    rows = [r for r in read_csv(data / "pretrain" / "facts.csv") if r["split"] == "train"]
+    vocab = FactVocab.build(params.templates)
+
+    def plain_fit(model, tokenizer, pool) -> torch.Tensor:
+        targets, tokens = fact_targets(pool.rows, vocab), tokenizer(list(vocab.texts))
+        rng = np.random.default_rng(params.seed)
+        _init_temperature(model, params)
+        opt, model = _optimizer(model, params), model.train()
+        order = rng.permutation(len(pool.rows))
+        for step in range(params.max_steps):
+            if len(order) < params.batch_size:
+                order = np.concatenate([order, rng.permutation(len(pool.rows))])
+            idx, order = order[: params.batch_size], order[params.batch_size:]
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, params.max_steps, params)
+            x, t, w = make_batch(pool, targets, idx, vocab, params, rng)
+            loss = multi_positive_sigmoid_loss(model.encode_image(x, normalize=True), model.encode_text(tokens, normalize=True),
+                                               t[:, vocab.fact_of], w[:, vocab.fact_of], model.logit_scale.exp(), model.logit_bias)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+        return tokens
+
+    states = []
+    for route in ("plain", "fit"):
+        torch.manual_seed(params.seed)
+        model, preprocess, tokenizer = build_model(params.model)
+        init = model.token_embedding.weight.detach().clone()
+        pool = load_pool(data / "pretrain", rows, preprocess, "test")
+        if route == "plain":
+            tokens = plain_fit(model, tokenizer, pool)
+        else:
+            fit(model, tokenizer, pool, params)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    plain, fast = states
+    assert plain.keys() == fast.keys()
+    for k in plain:
+        assert torch.allclose(plain[k], fast[k], atol=2e-4), k
+    unused = torch.ones(len(init), dtype=torch.bool)
+    unused[torch.unique(tokens)] = False
+    emb = "token_embedding.weight"
+    assert torch.equal(plain[emb][unused], fast[emb][unused]) and not torch.equal(fast[emb][unused], init[unused])
+    assert not torch.equal(fast[emb][~unused], init[~unused])
+    # open_clip's own modules and forwards are back after fit
+    assert model.token_embedding.weight.shape == init.shape
+    assert all("forward" not in vars(b) for b in model.visual.transformer.resblocks)
 
 
 def test_params_reject_bad_templates() -> None:
