@@ -287,7 +287,8 @@ class _Decoder:
         weights = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in self.tensors.items() if k.startswith(prefix)}
         hook = getattr(self.head, "_empty_module", None)
         if hook is None:
-            raise ModelFileError(f"{self.path}: {type(self.head).__name__} has no _empty_module hook to rebuild '{attr}'")
+            raise ModelFileError(f"{self.path}: {type(self.head).__name__} has no _empty_module hook "
+                                 f"to rebuild '{attr}'")
         module = hook(attr, {k: tuple(v.shape) for k, v in weights.items()})
         if type(module).__name__ != value["module"]:
             raise ModelFileError(f"{self.path}: '{attr}' is a {value['module']} in the file but the head builds "

@@ -68,8 +68,8 @@ class PredictJob:
     max_image_pixels: int | None = None
 
 
-def model_file(runs_dir: Path | str, task: str, shots: str = "final", seed: int = 1) -> Path:
-    """The model file of one fit in a train stage's output dir: ``final/<task>.json`` or ``models/<task>-<shots>-<seed>.json``."""
+def model_file(runs_dir: Path | str, task: str, shots: int | str = "final", seed: int = 1) -> Path:
+    """One fit's model file in a train stage's output dir: final/<task>.json or models/<task>-<shots>-<seed>.json."""
     runs_dir = Path(runs_dir)
     return runs_dir / "final" / f"{task}.json" if str(shots) == "final" else \
         runs_dir / "models" / f"{task}-{shots}-{seed}.json"
