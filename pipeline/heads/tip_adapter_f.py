@@ -34,7 +34,7 @@ from torch import nn
 from pipeline.features import FeatureSet, TextContext
 from pipeline.heads.base import text_classifier
 from pipeline.heads.losses import ClassWeighting
-from pipeline.heads.tip_adapter import (REF_INIT_ALPHA, REF_INIT_BETA, REF_SEARCH_SCALE,
+from pipeline.heads.cache_model import (REF_INIT_ALPHA, REF_INIT_BETA, REF_SEARCH_SCALE,
                                         REF_SEARCH_STEP, affinity_features, cache_keys, cache_values,
                                         search_alpha_beta, tip_logits)
 from pipeline.heads.trainable import TorchHead, frozen_buffer
