@@ -74,7 +74,8 @@ def main(
             for seed in train.seeds:
                 fitted, preds = fit_and_predict(make_head(head, head_params or {}, shots, task), data, draws, shots, seed)
                 predictions.append(preds)
-                stats.append({"task": task, "shots": str(shots), "seed": seed, **fitted.fit_stats_})
+                stats.append({"task": task, "shots": str(shots), "seed": seed, **fitted.fit_stats_,
+                              "selects_on_validation": bool(fitted.selects_on_validation)})
                 save_head(fitted, out_dir / "models" / f"{task}-{shots}-{seed}", name=head,
                           shots=str(shots), seed=seed, **info)
                 if selected is None and str(shots) == str(chosen):

@@ -196,6 +196,9 @@ def test_pipeline_runs_and_is_up_to_date(pipeline_repo):
         ["README.md", *HEADS, *(f"{h}_oc" for h in OC_HEADS)])  # nothing of the default run came along
     assert (pipeline_repo / "cache/tiny/micro/images.zarr/zarr.json").is_file()
     assert (pipeline_repo / "cdul/tiny/micro/classifier/metrics.json").is_file()
+    for head, selects in (("zero_shot", False), ("linear_probe", True)):  # recorded per fit for the report
+        stats = json.loads((pipeline_repo / "runs/tiny/micro" / head / "fit_stats.json").read_text())
+        assert {s["selects_on_validation"] for s in stats} == {selects}, head
     html = (pipeline_repo / "reports/tiny/micro/report.html").read_text()
     assert "linear_probe" in html and '<section id="cdul">' in html
     # `dvc metrics show` lists the one headline file: per head and task, at the largest shots

@@ -73,3 +73,18 @@ def test_adapter_of_the_one_generic_set(tmp_path):
     params["generic"]["other"] = {"root": "y"}
     with pytest.raises(UserError, match="generic: the report compares one generic set"):
         _adapter_path(tmp_path, params)
+
+
+def test_heads_that_need_no_validation_are_marked(inputs, tmp_path):
+    """The train stage records selects_on_validation per fit; the comparison table marks the heads without it."""
+    from tests.test_report import _tables
+
+    details = inputs / "evaluation" / "alpha" / "details.json"
+    data = json.loads(details.read_text())
+    data["fit"] = [{**f, "selects_on_validation": False} for f in data["fit"]]
+    details.write_text(json.dumps(data))
+    report = build_report(load_heads(inputs / "evaluation", HEADS), _params(), tasks=list(TASKS))
+    html = write_report(report, tmp_path / "out")["html"].read_text()
+    names = [row[0][0] for row in _tables(html)["table-comparison-accuracy"]]
+    assert names == ["alpha †", "beta"]
+    assert "†: the head chooses nothing on the validation draw" in html

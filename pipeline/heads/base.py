@@ -42,6 +42,10 @@ class BaseHead(ClassifierMixin, BaseEstimator):
     probabilities directly override ``_predict_proba`` instead.
     """
 
+    #: whether the fit chooses anything (hyperparameters, an epoch) on the validation draw;
+    #: heads that need no validation set say False, and the report marks them
+    selects_on_validation = True
+
     def fit(self, X: FeatureSet, y: np.ndarray, *, text: TextContext,
             X_val: FeatureSet | None = None, y_val: np.ndarray | None = None) -> "BaseHead":
         n_classes = len(text.class_names)

@@ -22,6 +22,8 @@ from pipeline.heads.base import BaseHead, l2_normalise, text_classifier
 class ZeroShotHead(BaseHead):
     """Cosine similarity to the class text embeddings, times logit_scale."""
 
+    selects_on_validation = False  # nothing to choose
+
     #: reads only image embeddings (and views), so an overlap-correcting feature transform applies
     accepts_feature_correction = True
 

@@ -18,6 +18,8 @@ from pipeline.heads.base import BaseHead
 class ZeroRHead(BaseHead):
     """Majority-class baseline (no parameters learned from features)."""
 
+    selects_on_validation = False  # nothing to choose
+
     def __init__(self, *, probabilities: Literal["prior", "one_hot"] = "prior") -> None:
         self.probabilities = probabilities
 

@@ -104,11 +104,22 @@ def comparison_table(heads: Sequence[HeadEval], tasks: Sequence[str], shots: str
     columns.append(means)
     texts.append([f"{m:.3f}" if m is not None else MISSING for m in means])
     bold = [_bold_best(col) for col in columns]
-    rows = tuple((Cell(h.head), *(Cell(texts[c][r], bold[c][r]) for c in range(len(columns))))
+    rows = tuple((Cell(f"{h.head} {NO_VAL_MARK}" if not selects_on_validation(h) else h.head),
+                  *(Cell(texts[c][r], bold[c][r]) for c in range(len(columns))))
                  for r, h in enumerate(heads))
     return Table(id=f"table-comparison-{metric}", title=f"{metric} at {shots} shots (mean ± std over seeds)",
                  header=("head", *tasks, "mean"), rows=rows,
-                 note="Best value of each column in bold; 'mean' is the unweighted mean over tasks.")
+                 note="Best value of each column in bold; 'mean' is the unweighted mean over tasks. "
+                      f"{NO_VAL_MARK}: the head chooses nothing on the validation draw (it needs no validation set).")
+
+
+NO_VAL_MARK = "†"
+
+
+def selects_on_validation(head: HeadEval) -> bool:
+    """False only when every fit of the head says it chose nothing on validation (train stage's fit stats)."""
+    flags = [f.get("selects_on_validation") for f in head.fit]
+    return not flags or any(flag is not False for flag in flags)
 
 
 def best_heads(heads: Sequence[HeadEval], tasks: Sequence[str], shots: str, metric: str) -> dict[str, str]:
