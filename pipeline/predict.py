@@ -71,8 +71,13 @@ class PredictJob:
 def model_file(runs_dir: Path | str, task: str, shots: int | str = "final", seed: int = 1) -> Path:
     """One fit's model file in a train stage's output dir: final/<task>.json or models/<task>-<shots>-<seed>.json."""
     runs_dir = Path(runs_dir)
-    return runs_dir / "final" / f"{task}.json" if str(shots) == "final" else \
-        runs_dir / "models" / f"{task}-{shots}-{seed}.json"
+    if str(shots) == "final":
+        path = runs_dir / "final" / f"{task}.json"
+        if not path.is_file() and (runs_dir / "models").is_dir():
+            raise FileNotFoundError(f"{path}: no final fit (the head's params say final: false?); "
+                                    "pick a few-shot fit with --shots and --seed")
+        return path
+    return runs_dir / "models" / f"{task}-{shots}-{seed}.json"
 
 
 def block_ints(names: list[str]) -> set[int]:

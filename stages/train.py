@@ -16,6 +16,7 @@ from pipeline.cache import FeatureCache
 from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_device, weights_identity
 from pipeline.params import load_section, read_params
 from pipeline.heads import make_head
+from pipeline.heads.base import final_fit_wanted
 from pipeline.imageio import expected_decode
 from pipeline.modelfile import encoder_identity, save_head, text_identity
 from pipeline.runs import (FINAL, TrainParams, accepts_feature_correction, final_shots, fit_and_predict, fit_final,
@@ -80,7 +81,8 @@ def main(
                           shots=str(shots), seed=seed, **info)
                 if selected is None and str(shots) == str(chosen):
                     selected = fitted
-        if selected is not None:  # the head to label new images with: all labelled rows, validation's choices
+        if selected is not None and final_fit_wanted(head, head_params):
+            # the head to label new images with: all labelled rows, validation's choices
             final = fit_final(make_head(head, head_params or {}, chosen, task), data, selected)
             save_head(final, out_dir / FINAL / task, name=head, shots=FINAL, seed=None, **info,
                       selected_on={"shots": str(chosen), "seed": train.seeds[0], "pinned": pinned_params(selected)})

@@ -45,3 +45,18 @@ def test_by_task_then_by_shots():
     assert make_head("clip_mhadapter", params, 16, "weather").heads == 8
     with pytest.raises(ParamsError, match="'heads.clip_mhadapter.blend_by_task' must map tasks"):
         make_head("clip_mhadapter", {"blend_by_task": [0.8]}, 1, "glare")
+
+
+def test_final_key_switches_the_final_fit_and_is_not_a_constructor_param(tmp_path):
+    from pipeline.heads.base import final_fit_wanted
+    from pipeline.predict import model_file
+
+    assert final_fit_wanted("coop", {"epochs": 5}) is True
+    assert final_fit_wanted("coop", {"final": False}) is False
+    assert make_head("coop", {"final": False, "epochs": 5}).epochs == 5
+    with pytest.raises(ParamsError, match="'heads.coop.final' must be true or false"):
+        final_fit_wanted("coop", {"final": "no"})
+    (tmp_path / "models").mkdir()
+    with pytest.raises(FileNotFoundError, match="no final fit"):
+        model_file(tmp_path, "weather")
+    assert model_file(tmp_path, "weather", 16, 1) == tmp_path / "models" / "weather-16-1.json"

@@ -167,6 +167,17 @@ __all__ = ["BaseHead", "resolve_device", "seeded", "softmax", "l2_normalise", "t
 
 
 BY_SHOTS, BY_TASK = "_by_shots", "_by_task"
+FINAL_KEY = "final"
+
+
+def final_fit_wanted(name: str, params: Mapping[str, Any] | None) -> bool:
+    """``heads.<name>.final`` (default true): whether the train stage refits the head on all labelled rows."""
+    from pipeline.params import ParamsError
+
+    value = (params or {}).get(FINAL_KEY, True)
+    if not isinstance(value, bool):
+        raise ParamsError(f"'heads.{name}.{FINAL_KEY}' must be true or false, got {value!r}")
+    return value
 
 
 def head_params(name: str, cls: type[BaseHead], params: Mapping[str, Any] | None,
@@ -186,6 +197,7 @@ def head_params(name: str, cls: type[BaseHead], params: Mapping[str, Any] | None
     from pipeline.params import ParamsError
 
     values = dict(params or {})
+    values.pop(FINAL_KEY, None)  # read by the train stage (final_fit_wanted), not a constructor param
     allowed = set(cls().get_params())
     for suffix, at in ((BY_TASK, task), (BY_SHOTS, shots)):
         for key in [k for k in values if k.endswith(suffix)]:
