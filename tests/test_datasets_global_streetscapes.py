@@ -42,9 +42,17 @@ def _write(path: Path, header: list[str], rows: list[list]) -> None:
 @pytest.fixture
 def gss(shared_data: Path, tmp_path: Path) -> dict:
     """48 photos: 36 in train CSVs, 12 in test CSVs; one test image also sits in train/weather.csv."""
-    root = tmp_path / "manual_labels"
+    return build_gss(shared_data, tmp_path / "manual_labels", _katkam(shared_data, 16))
+
+
+def build_gss(shared_data: Path, root: Path, katkam_rows: list[dict]) -> dict:
+    """A manual_labels tree of these katkam rows: every 4th in test/, the rest in train/; one test image leaks.
+
+    Returns the root, ``records`` (img_path, uuid, split, weather, lighting as written) and
+    ``leak``, the img_path of the test image also listed in train/weather.csv.
+    """
     records = []
-    for i, rec in enumerate(_katkam(shared_data, 16)):
+    for i, rec in enumerate(katkam_rows):
         uid = str(uuid.UUID(int=i + 1))
         rel = f"img/{i % 7 + 1}/{uid}.jpeg"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
