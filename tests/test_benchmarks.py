@@ -65,3 +65,17 @@ def test_heads_vs_reencode_benchmark_prints_both_heads(micro_model, katkam_like)
         assert cached > 0 and reencode > 0
         per_epoch = re.search(rf"^{head} re-encode per epoch: {NUMBER}, {NUMBER} s$", out, re.M)
         assert per_epoch, out
+
+
+def test_cache_scale_benchmark_counts_files_and_reads_a_draw_by_id(tmp_path):
+    """benchmarks/cache_scale.py on a small cache: one file per shard and array (plus metadata), all figures."""
+    out = subprocess.run([sys.executable, "benchmarks/cache_scale.py", "--rows", "2048", "--dim", "16",
+                          "--tokens", "5x8", "--rows-per-shard", "256", "--rows-per-chunk", "64",
+                          "--dir", str(tmp_path)], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    figures = dict(re.findall(r"^(\S.*?)\s{2,}(\S.*)$", out, flags=re.M))
+    files = int(figures["files"].replace(",", ""))
+    # one file per shard of cls, cls_norm and block-2 (8 shards each), the ids, and zarr.json metadata
+    assert 3 * 8 <= files <= 4 * 8 + 8, out
+    for key in ("dvc add", "dvc status", "read a 16-shot draw by id (160 rows)", "full sequential scan"):
+        assert float(figures[key].split()[0]) >= 0, key
+    assert not list(tmp_path.iterdir())  # the temp repo is gone
