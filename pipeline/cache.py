@@ -28,7 +28,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import zarr
@@ -226,20 +226,22 @@ def write_not_applicable(path: Path | str, reason: str) -> None:
 def check_identity(found: dict, expect: dict, path: Path | str) -> None:
     """Raise naming every field where the cache differs from what the caller expects."""
     diffs = []
-    for key, want in _flatten(_jsonable(expect)).items():
-        have = _flatten(found).get(key, "<absent>")
+    have_all = flatten(found)
+    for key, want in flatten(_jsonable(expect)).items():
+        have = have_all.get(key, "<absent>")
         if have != want:
             diffs.append(f"'{key}' is {have!r} in the cache but {want!r} is expected")
     if diffs:
         raise CacheMismatchError(f"{path}: cache does not match the params: " + "; ".join(diffs))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested identity as dotted keys (``decode.exif_transpose``), the names errors and tables use."""
+    out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.cache import flatten
 from pipeline.errors import UserError
 from pipeline.files import atomic_path, sha256_file
 
@@ -83,7 +84,7 @@ def check_encoder(found: Mapping[str, Any], cache: Mapping[str, Any], path: Path
 
     ``partial``: compare only the fields ``cache`` has (an expectation built before any model is loaded).
     """
-    have, want = _flatten(encoder_identity(found)), _flatten(encoder_identity(_plain(cache)))
+    have, want = flatten(encoder_identity(found)), flatten(encoder_identity(_plain(cache)))
     keys = set(want) if partial else set(have) | set(want)
     diffs = [f"'{k}' is {have.get(k, '<absent>')!r} in the model file but {want.get(k, '<absent>')!r} in the cache"
              for k in sorted(keys) if have.get(k, "<absent>") != want.get(k, "<absent>")]
@@ -324,13 +325,3 @@ def _tuples(params: dict) -> dict:
 def _plain(obj: Any) -> Any:
     """JSON-ready copy: tuples as lists, numpy scalars as Python ones."""
     return json.loads(json.dumps(obj, default=lambda o: o.item() if isinstance(o, np.generic) else list(o)))
-
-
-def _flatten(d: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

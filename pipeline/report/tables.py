@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cache import flatten
 from pipeline.report import METRICS
 from pipeline.report.inputs import CdulResults, HeadEval
 
@@ -211,16 +212,6 @@ def _num(v: Any) -> str:
     return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def identity_table(identity: dict[str, Any] | None, title: str = "Image cache identity") -> Table | None:
     if not identity:
         return None
@@ -273,4 +264,4 @@ def curves(heads: Sequence[HeadEval], tasks: Sequence[str], metric: str
 
 __all__ = ["Cell", "Table", "MISSING", "LONG_SCHEMA", "shots_order", "task_order", "choose_shots", "metric_at",
            "comparison_table", "best_heads", "fit_cost", "cost_table", "cdul_tables", "identity_table",
-           "long_table", "summed_confusion", "curves", "flatten"]
+           "long_table", "summed_confusion", "curves"]
