@@ -1,14 +1,19 @@
-"""Extraction throughput: whole stage vs model forward alone.
+"""Extraction throughput: decode alone, forward alone and the whole stage, for each decode path.
 
+    python benchmarks/extract.py --model synthclip-tiny --config-dir pipeline/model_configs --batch-size 128
     python benchmarks/extract.py --model ViT-B-32 --images 512
-    python benchmarks/extract.py --model synthclip-tiny --config-dir pipeline/model_configs
 
-Prints, for real JPEGs from ../shared/data/katkam_weather (or --data):
-  * stage images/s: the real extraction path (DataLoader workers decoding and
-    resizing, model forward, shard writes into a zarr cache);
+Prints, for real JPEGs from ../shared/data/katkam_weather (or --data), one row per
+decode path: ``pil`` (exact, PIL in the workers), ``pil+draft`` (``decode.draft``:
+JPEG DCT scaling) and ``torchvision`` (``decode.backend: torchvision``: batched
+decode_jpeg and resizing on the encoder's device, nvJPEG on CUDA):
+  * decode images/s: the input pipeline alone (workers, plus the on-device decode
+    and resize for torchvision; no model);
   * forward images/s: the model alone on preloaded tensors of the same batch shape;
-  * their ratio (1.0 = decoding and writing are fully hidden behind the model).
-Random initialisation is used: timing does not depend on the weights.
+  * stage images/s: the real extraction path (decode, forward, zarr shard writes);
+  * ratio: stage / forward (1.0 = decoding and writing fully hidden behind the model);
+and, per path, the largest absolute difference of its embeddings from the exact
+path's (unit vectors). Random initialisation is used: timing does not depend on the weights.
 """
 from __future__ import annotations
 
@@ -19,10 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
+from pipeline.cache import FeatureCache
+from pipeline.device_decode import DeviceFinisher, RawRows, collate
 from pipeline.encoders import ModelParams, RuntimeParams, autocast, encode_images, load_model, resolve_device
-from pipeline.extract import ExtractParams, ImageRows, extract
+from pipeline.extract import ExtractParams, ImageRows, extract, input_size
+from pipeline.imageio import DecodeParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +62,16 @@ def time_forward(loaded, batch: torch.Tensor, blocks: tuple[int, ...], runtime: 
     return n_batches * len(batch) / (time.perf_counter() - start)
 
 
+def time_decode(dataset, runtime: RuntimeParams, finish=None) -> float:
+    loader = DataLoader(dataset, batch_size=runtime.batch_size, num_workers=runtime.num_workers,
+                        collate_fn=collate if finish is not None else None)
+    start = time.perf_counter()
+    for batch in loader:
+        if finish is not None:
+            finish(batch)
+    return len(dataset) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
@@ -69,26 +90,38 @@ def main() -> None:
     loaded = load_model(ModelParams(name=args.model, pretrained=None, tag="bench", config_dir=args.config_dir), device)
     runtime = RuntimeParams(device=args.device, precision=args.precision, batch_size=args.batch_size,
                             num_workers=args.workers)
-    cfg = ExtractParams(token_blocks=tuple(args.blocks), dtype="float16",
+    cfg = ExtractParams(token_blocks=tuple(args.blocks), dtype="float32",
                         rows_per_shard=args.batch_size * 4, rows_per_chunk=args.batch_size)
     root, paths = katkam_paths(args.data, args.images)
     ids = [f"r{i}" for i in range(len(paths))]
+    side = max(input_size(loaded))
 
-    dataset = ImageRows(root, paths, loaded.preprocess)
-    batch = torch.stack([dataset[i % len(dataset)] for i in range(args.batch_size)])
+    exact_rows = ImageRows(root, paths, loaded.preprocess)
+    batch = torch.stack([exact_rows[i % len(paths)] for i in range(args.batch_size)])
     forward = time_forward(loaded, batch, cfg.token_blocks, runtime, max(2, args.images // args.batch_size))
-
+    with Image.open(root / paths[0]) as first:
+        print(f"model {args.model} {side}px, device {device}, {args.precision}, batch {args.batch_size}, "
+              f"workers {args.workers}, torch threads {torch.get_num_threads()}, {len(paths)} katkam JPEGs "
+              f"({first.width} x {first.height})")
+    print(f"{'decode':12} {'decode img/s':>13} {'forward img/s':>14} {'stage img/s':>12} {'ratio':>6} "
+          f"{'max |diff|':>10}")
+    paths_to_try = (("pil", DecodeParams()), ("pil+draft", DecodeParams(draft=True)),
+                    ("torchvision", DecodeParams(backend="torchvision")))
+    exact = None
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        extract("images", loaded, cfg, runtime, ids, paths, root, Path(tmp) / "bench.zarr")
-        stage = len(paths) / (time.perf_counter() - start)
-
-    size = loaded.identity["image_size"]
-    print(f"model {args.model} {size[0]}px, device {device}, {args.precision}, batch {args.batch_size}, "
-          f"workers {args.workers}, torch threads {torch.get_num_threads()}, {len(paths)} katkam JPEGs")
-    print(f"forward only : {forward:8.1f} images/s")
-    print(f"whole stage  : {stage:8.1f} images/s")
-    print(f"ratio        : {stage / forward:8.2f}")
+        for name, decode in paths_to_try:
+            if decode.backend == "torchvision":
+                decoded = time_decode(RawRows(root, paths, ids, decode), runtime,
+                                      DeviceFinisher("images", loaded.identity, device))
+            else:
+                decoded = time_decode(ImageRows(root, paths, loaded.preprocess, decode, min_side=side), runtime)
+            start = time.perf_counter()
+            extract("images", loaded, cfg, runtime, ids, paths, root, Path(tmp) / f"{name}.zarr", decode)
+            stage = len(paths) / (time.perf_counter() - start)
+            cls = FeatureCache(Path(tmp) / f"{name}.zarr").read("cls")
+            exact = cls if exact is None else exact
+            print(f"{name:12} {decoded:13.1f} {forward:14.1f} {stage:12.1f} {stage / forward:6.2f} "
+                  f"{np.abs(cls - exact).max():10.4f}")
 
 
 if __name__ == "__main__":

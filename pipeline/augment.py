@@ -49,13 +49,17 @@ class ViewSpec:
 
 @dataclass(frozen=True)
 class ViewsParams:
-    """The ``views`` section: A augmented views per image of one split (Tip-Adapter keys, training).
+    """One named view set ``views.<name>`` (or ``overlap.generic_views``): A augmented
+    views per image of one split, for Tip-Adapter's keys and per-epoch training draws.
 
     split: manifest split whose rows get views (``train``: the only rows any
         head fits on); null = every row.
     n, scale, ratio, flip, seed: see :class:`pipeline.augment.ViewSpec`;
         ``n: 0`` = no views (a dataset without single-label heads): the stage
         writes a cache marked not applicable.
+    token_blocks: token blocks stored per view too (``views_block-2``
+        [N, A, 1+P, W]), for CLIP-MHAdapter's per-epoch augmentation of the
+        tokens it reads; A times the images cache's block, so off by default.
     """
 
     split: str | None = "train"
@@ -64,6 +68,7 @@ class ViewsParams:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: float = 0.5
     seed: int = 0
+    token_blocks: tuple[int, ...] = ()
     dtype: Literal["float16", "float32"] = "float16"
     rows_per_shard: int = 256
     rows_per_chunk: int = 32
@@ -106,19 +111,29 @@ def crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[f
 
 
 def augmented_view(img: Image.Image, size: tuple[int, int], spec: ViewSpec, sample_id: str,
-                   view: int) -> Image.Image:
+                   view: int, full_size: tuple[int, int] | None = None) -> Image.Image:
     """View ``view`` of ``img``: crop, resize to ``size`` (W, H) with bicubic, maybe flip.
 
     Like the reference, the crop is resized straight to the model's input
     size (its aspect ratio is not preserved), so the model's own resize and
-    centre crop afterwards leave it unchanged.
+    centre crop afterwards leave it unchanged. ``full_size``: the (W, H) of the
+    full-scale image when ``img`` was decoded at reduced scale; the box is
+    drawn on the full size, so a view covers the same region either way.
     """
     rng = view_rng(spec.seed, sample_id, view)
-    left, top, w, h = crop_box(img.width, img.height, spec.scale, spec.ratio, rng)
-    out = img.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+    width, height = full_size or img.size
+    left, top, w, h = crop_box(width, height, spec.scale, spec.ratio, rng)
+    fx, fy = img.width / width, img.height / height
+    box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+    out = img.resize(size, Image.Resampling.BICUBIC, box=box)
     if rng.random() < spec.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return out
 
 
-__all__ = ["ViewSpec", "ViewsParams", "view_rng", "crop_box", "augmented_view"]
+def smallest_crop_fraction(spec: ViewSpec) -> float:
+    """A lower bound on a crop's shorter side as a fraction of the image's shorter side."""
+    return math.sqrt(spec.scale[0] * min(spec.ratio[0], 1 / spec.ratio[1]))
+
+
+__all__ = ["ViewSpec", "ViewsParams", "view_rng", "crop_box", "augmented_view", "smallest_crop_fraction"]

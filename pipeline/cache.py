@@ -210,7 +210,7 @@ def write_not_applicable(path: Path | str, reason: str) -> None:
     """An empty zarr group that says why a stage made no features (DVC needs its output to exist).
 
     DVC has no conditional stages: a stage whose work does not apply to this
-    dataset (tiles without a multi-label task, views with ``views.n: 0``) still
+    dataset (tiles without a multi-label task, a view set with ``n: 0``) still
     writes its declared output, and readers refuse it with ``reason``.
     """
     path = Path(path)

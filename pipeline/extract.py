@@ -4,7 +4,9 @@ The loop is shard-driven: the rows of each pending shard are cut into fixed
 batches (the same batches whatever the number of processes or restarts, so
 resumed and distributed runs produce bit-identical arrays), a DataLoader with
 worker processes decodes and resizes images while the model runs, and a shard
-is written to the cache as soon as its last batch is encoded.
+is written to the cache as soon as its last batch is encoded. With
+``decode.backend: torchvision`` the workers only read bytes, and each batch is
+decoded and resized on the encoder's device (:mod:`pipeline.device_decode`).
 
 Under ``torchrun`` each rank takes every ``world_size``-th pending shard;
 rank 0 creates the cache before and finalises it after the others are done.
@@ -12,6 +14,7 @@ rank 0 creates the cache before and finalises it after the others are done.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -22,17 +25,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.augment import ViewSpec, ViewsParams, augmented_view
+from pipeline.augment import ViewSpec, ViewsParams, augmented_view, smallest_crop_fraction
 from pipeline.cache import ArraySpec, CacheWriter
-
-NORM = "_norm"  # suffix of the arrays holding each embedding's norm before L2 normalisation
+from pipeline.device_decode import DeviceFinisher, RawRows
+from pipeline.device_decode import collate as collate_raw
 from pipeline.encoders import LoadedModel, RuntimeParams, autocast, encode_images
-from pipeline.imageio import DecodeParams, decode_identity, load_rgb
+from pipeline.imageio import DecodeParams, decode_identity, decode_rgb
 from pipeline.params import as_dict
 
 log = logging.getLogger(__name__)
 
+NORM = "_norm"  # suffix of the arrays holding each embedding's norm before L2 normalisation
+
 EncodeFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Finisher = Callable[[list], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -60,16 +66,26 @@ class TilesParams:
 
 
 class ImageRows(Dataset):
-    """Row i -> the preprocessed image tensor [3, H, W]."""
+    """Row i -> the preprocessed image tensor [3, H, W].
 
-    def __init__(self, root: Path, paths: list[str], transform: Callable, decode: DecodeParams = DecodeParams()):
+    ``min_side``: with ``decode.draft``, JPEGs decode at the smallest reduced
+    scale whose shorter side is still at least this (see :mod:`pipeline.imageio`).
+    """
+
+    def __init__(self, root: Path, paths: list[str], transform: Callable, decode: DecodeParams = DecodeParams(),
+                 min_side: int | None = None):
         self.root, self.paths, self.transform, self.decode = Path(root), paths, transform, decode
+        self.min_side = min_side if decode.draft else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def decoded(self, i: int):
+        """(PIL image, its full-scale size)."""
+        return decode_rgb(self.root / self.paths[i], self.decode.exif_transpose, min_side=self.min_side)
+
     def image(self, i: int):
-        return load_rgb(self.root / self.paths[i], exif_transpose=self.decode.exif_transpose)
+        return self.decoded(i)[0]
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.transform(self.image(i))
@@ -79,8 +95,8 @@ class TileRows(ImageRows):
     """Row i -> [1 + g*g, 3, H, W]: the whole image, then its g x g crops row by row."""
 
     def __init__(self, root: Path, paths: list[str], transform: Callable, grid: int,
-                 decode: DecodeParams = DecodeParams()):
-        super().__init__(root, paths, transform, decode)
+                 decode: DecodeParams = DecodeParams(), min_side: int | None = None):
+        super().__init__(root, paths, transform, decode, min_side)
         self.grid = grid
 
     def __getitem__(self, i: int) -> torch.Tensor:
@@ -92,13 +108,14 @@ class ViewRows(ImageRows):
     """Row i -> [A, 3, H, W]: the image's A seeded augmented views (see :mod:`pipeline.augment`)."""
 
     def __init__(self, root: Path, paths: list[str], ids: list[str], transform: Callable,
-                 size: tuple[int, int], spec: ViewSpec, decode: DecodeParams = DecodeParams()):
-        super().__init__(root, paths, transform, decode)
+                 size: tuple[int, int], spec: ViewSpec, decode: DecodeParams = DecodeParams(),
+                 min_side: int | None = None):
+        super().__init__(root, paths, transform, decode, min_side)
         self.ids, self.size, self.spec = ids, size, spec
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = self.image(i)
-        return torch.stack([self.transform(augmented_view(img, self.size, self.spec, self.ids[i], v))
+        img, full = self.decoded(i)
+        return torch.stack([self.transform(augmented_view(img, self.size, self.spec, self.ids[i], v, full))
                             for v in range(self.spec.n)])
 
 
@@ -138,8 +155,12 @@ def probe_specs(encode: EncodeFn, sample: torch.Tensor, dtype: str, device: torc
 
 
 def run(writer: CacheWriter, dataset: Dataset, encode: EncodeFn, runtime: RuntimeParams,
-        device: torch.device) -> int:
-    """Encode every pending shard of ``writer`` (this rank's share); return shards written here."""
+        device: torch.device, finish: Finisher | None = None) -> int:
+    """Encode every pending shard of ``writer`` (this rank's share); return shards written here.
+
+    ``finish`` turns a worker batch into the model's input on ``device`` (the
+    torchvision decode backend); by default workers deliver finished tensors.
+    """
     dist = distributed.context()
     if dist.rank == 0:
         writer.prepare()
@@ -147,8 +168,10 @@ def run(writer: CacheWriter, dataset: Dataset, encode: EncodeFn, runtime: Runtim
     mine = writer.pending()[dist.rank::dist.world_size]
     loader = DataLoader(
         dataset, batch_sampler=ShardBatches(writer, mine, runtime.batch_size),
-        num_workers=runtime.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if runtime.num_workers else None)
+        num_workers=runtime.num_workers, pin_memory=device.type == "cuda" and finish is None,
+        persistent_workers=False, prefetch_factor=4 if runtime.num_workers else None,
+        collate_fn=collate_raw if finish is not None else None)
+    finish = finish or (lambda batch: batch.to(device, non_blocking=True))
     buffers: dict[str, list[np.ndarray]] = {}
     shard_iter = iter(mine)
     shard = next(shard_iter, None)
@@ -157,7 +180,7 @@ def run(writer: CacheWriter, dataset: Dataset, encode: EncodeFn, runtime: Runtim
               unit="img", disable=dist.rank != 0) as bar:
         for batch in loader:
             with autocast(device, runtime.precision):
-                out = encode(batch.to(device, non_blocking=True))
+                out = encode(finish(batch))
             for name, t in out.items():
                 buffers.setdefault(name, []).append(t.float().cpu().numpy())
             filled += len(batch)
@@ -176,12 +199,14 @@ def image_encoder(loaded: LoadedModel, blocks: tuple[int, ...]) -> EncodeFn:
     return lambda x: encode_images(loaded.model, x, blocks)
 
 
-def stacked_encoder(loaded: LoadedModel, name: str) -> EncodeFn:
-    """Encoder of rows that are stacks of images [B, T, 3, H, W] -> {name: [B, T, D], name_norm: [B, T]}."""
+def stacked_encoder(loaded: LoadedModel, name: str, blocks: tuple[int, ...] = ()) -> EncodeFn:
+    """Encoder of rows that are stacks of images [B, T, 3, H, W] -> {name: [B, T, D], name_norm: [B, T]}
+    and, per token block b, ``<name>_block<b>`` [B, T, 1+P, W]."""
     def encode(x: torch.Tensor) -> dict[str, torch.Tensor]:
         b, t = x.shape[:2]
-        out = encode_images(loaded.model, x.flatten(0, 1))
-        return {name: out["cls"].view(b, t, -1), f"{name}{NORM}": out["cls_norm"].view(b, t)}
+        out = encode_images(loaded.model, x.flatten(0, 1), blocks)
+        stacked = {name: out.pop("cls").view(b, t, -1), f"{name}{NORM}": out.pop("cls_norm").view(b, t)}
+        return {**stacked, **{f"{name}_{k}": v.view(b, t, *v.shape[1:]) for k, v in out.items()}}
     return encode
 
 
@@ -195,17 +220,28 @@ def extract(kind: Literal["images", "tiles", "views"], loaded: LoadedModel,
             cfg: ExtractParams | TilesParams | ViewsParams, runtime: RuntimeParams,
             ids: list[str], paths: list[str], root: Path, out: Path, decode: DecodeParams = DecodeParams()) -> int:
     """Fill cache ``out`` with image, tile or view features of ``paths``; return shards written by this rank."""
+    side = max(input_size(loaded))
     if kind == "images":
-        dataset: ImageRows = ImageRows(root, paths, loaded.preprocess, decode)
+        dataset: Dataset = ImageRows(root, paths, loaded.preprocess, decode, min_side=side)
         encode = image_encoder(loaded, cfg.token_blocks)  # type: ignore[union-attr]
     elif kind == "tiles":
-        dataset = TileRows(root, paths, loaded.preprocess, cfg.grid, decode)  # type: ignore[union-attr]
+        # each of the g x g tiles is resized to the model's input on its own
+        dataset = TileRows(root, paths, loaded.preprocess, cfg.grid, decode,  # type: ignore[union-attr]
+                           min_side=side * cfg.grid)  # type: ignore[union-attr]
         encode = stacked_encoder(loaded, "tiles")
     else:
-        dataset = ViewRows(root, paths, ids, loaded.preprocess, input_size(loaded), cfg.spec(), decode)  # type: ignore[union-attr]
-        encode = stacked_encoder(loaded, "views")
+        spec = cfg.spec()  # type: ignore[union-attr]
+        dataset = ViewRows(root, paths, ids, loaded.preprocess, input_size(loaded), spec, decode,
+                           min_side=math.ceil(side / smallest_crop_fraction(spec)))
+        encode = stacked_encoder(loaded, "views", cfg.token_blocks)  # type: ignore[union-attr]
+    finish: Finisher | None = None
+    if decode.backend == "torchvision":
+        dataset = RawRows(root, paths, ids, decode)
+        finish = DeviceFinisher(kind, loaded.identity, loaded.device, grid=getattr(cfg, "grid", 0),
+                                spec=cfg.spec() if kind == "views" else None)  # type: ignore[union-attr]
+    sample = finish([dataset[0]])[0] if finish is not None else dataset[0]
     identity = {**loaded.identity, **decode_identity(decode), "kind": kind, "precision": runtime.precision,
                 **as_dict(cfg)}
-    specs = probe_specs(encode, dataset[0], cfg.dtype, loaded.device)
+    specs = probe_specs(encode, sample, cfg.dtype, loaded.device)
     writer = CacheWriter(out, ids, specs, identity, cfg.rows_per_shard, cfg.rows_per_chunk)
-    return run(writer, dataset, encode, runtime, loaded.device)
+    return run(writer, dataset, encode, runtime, loaded.device, finish)

@@ -27,6 +27,8 @@ class FeatureSet:
             followed by its g x g crops (CDUL).
     views:  optional [N, A, D] normalised embeddings of augmented views;
             ``views_norm`` [N, A] their norms before normalising.
+    view_tokens: optional mapping block-name -> [N, A, L, W] tokens of the
+            same augmented views (a view set with ``token_blocks``).
     corrected, corrected_views: optional overlap-corrected versions of ``cls``
             and ``views`` (:mod:`pipeline.overlap_correction`). Heads that
             compare images with images (Tip-Adapter's affinities) use them
@@ -43,12 +45,14 @@ class FeatureSet:
     views: np.ndarray | None = None
     corrected: np.ndarray | None = None
     corrected_views: np.ndarray | None = None
+    view_tokens: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         for name, arr in [("cls", self.cls), ("cls_norm", self.cls_norm), ("tiles", self.tiles), ("views", self.views), ("views_norm", self.views_norm),
                           ("corrected", self.corrected), ("corrected_views", self.corrected_views),
-                          *[(f"tokens[{k}]", v) for k, v in self.tokens.items()]]:
+                          *[(f"tokens[{k}]", v) for k, v in self.tokens.items()],
+                          *[(f"view_tokens[{k}]", v) for k, v in self.view_tokens.items()]]:
             if arr is not None and len(arr) != n:
                 raise ValueError(f"FeatureSet.{name} has {len(arr)} rows, ids has {n}")
 
@@ -67,6 +71,7 @@ class FeatureSet:
             views_norm=None if self.views_norm is None else self.views_norm[index],
             corrected=None if self.corrected is None else self.corrected[index],
             corrected_views=None if self.corrected_views is None else self.corrected_views[index],
+            view_tokens={k: v[index] for k, v in self.view_tokens.items()},
         )
 
 

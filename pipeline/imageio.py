@@ -10,6 +10,12 @@ loaders can never disagree:
 * 16-bit greyscale is scaled to 8 bits (``convert("RGB")`` would clip it to
   white); every other mode goes through ``convert("RGB")`` as open_clip's
   own transform does (alpha is dropped, palettes expanded, CMYK converted).
+* Reduced-scale JPEG decoding (``decode.draft``, off by default): where the
+  model needs fewer pixels than the file has, libjpeg decodes at 1/2, 1/4 or
+  1/8 scale (PIL's ``draft``, DCT scaling), the smallest scale whose shorter
+  side is not below what the model's resize needs; the model's own resize
+  follows. It changes pixels slightly, so it is part of the cache identity.
+  Other formats and small JPEGs decode at full size as before.
 * A pixel limit (``dataset.max_image_pixels``, PIL's default when null) is
   checked on the header, before any pixel is decoded. PIL's own global check
   is switched off here, so a limit above PIL's can take effect; no other code
@@ -25,6 +31,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -46,14 +53,25 @@ class DecodeParams:
     """The ``decode`` section: how every extraction stage turns a file into pixels.
 
     exif_transpose: rotate/flip by the EXIF orientation tag (phone photos upright).
+    draft: decode JPEGs at the smallest 1/2, 1/4 or 1/8 scale that still covers
+        the model's input (see the module docstring); false = full-size decode.
+    backend: ``pil`` (workers decode and resize with PIL, as open_clip's own
+        transform) or ``torchvision`` (JPEGs decoded in batches on the encoder's
+        device, nvJPEG on CUDA, and resized there: :mod:`pipeline.device_decode`).
     """
 
     exif_transpose: bool = True
+    draft: bool = False
+    backend: Literal["pil", "torchvision"] = "pil"
+
+    def __post_init__(self) -> None:
+        if self.draft and self.backend != "pil":
+            raise ValueError("draft (reduced-scale JPEG decoding) applies to backend 'pil' only")
 
 
 def decode_identity(params: DecodeParams) -> dict:
     """What an image cache records (and a reader expects) of the decoding."""
-    return {"decode": {"exif_transpose": params.exif_transpose}}
+    return {"decode": {"exif_transpose": params.exif_transpose, "draft": params.draft, "backend": params.backend}}
 
 
 def expected_decode(params_file: Path | str) -> dict:
@@ -81,15 +99,33 @@ def load_rgb(path: Path | str, exif_transpose: bool = True, max_pixels: int | No
     ``max_pixels`` None skips the size check (extraction reads only files that
     the prepare stage has already checked against the dataset's limit).
     """
+    return decode_rgb(path, exif_transpose, max_pixels)[0]
+
+
+def decode_rgb(path: Path | str, exif_transpose: bool = True, max_pixels: int | None = None,
+               min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` as RGB; returns (image, full size) with full size the (W, H)
+    a full-scale decode would have (after EXIF orientation).
+
+    ``min_side``: decode a JPEG at reduced scale (PIL's ``draft``) as long as
+    both sides stay at least ``min_side``; the image is then smaller than its
+    full size by an integer factor of 2, 4 or 8 (sides rounded up).
+    """
     try:
         with Image.open(path) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ValueError(f"{img.width} x {img.height} = {img.width * img.height} pixels is over "
                                  f"dataset.max_image_pixels ({max_pixels}): a decompression bomb?")
+            full = img.size
+            if min_side is not None and img.format == "JPEG":
+                img.draft(img.mode, (min_side, min_side))
+            decoded = img.size
             img.load()
             if exif_transpose:
                 img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+                if img.size != decoded:  # rotated by 90 degrees
+                    full = (full[1], full[0])
+            return _to_rgb(img), full
     except Exception as exc:  # a data file may fail in any way; it must never crash a stage
         raise ImageDecodeError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
 

@@ -61,12 +61,13 @@ class TaskData:
             return features
         views = self.views.read("views", features.ids)
         norms = self.views.read("views_norm", features.ids) if "views_norm" in self.views.arrays() else None
-        return replace(features, views=views, views_norm=norms,
+        tokens = {b: self.views.read(f"views_{b}", features.ids) for b in self._view_blocks()}
+        return replace(features, views=views, views_norm=norms, view_tokens=tokens,
                        corrected_views=self.transform(views) if self.transform else None)
 
     def final_features(self, rows: np.ndarray) -> FeatureSet:
-        """Rows of the final fit (train and val): views where cached (``views.split``, train by default);
-        a row without cached views (val) uses its own embedding as each of its views."""
+        """Rows of the final fit (train and val): views where cached (the view set's ``split``, train
+        by default); a row without cached views (val) uses its own features as each of its views."""
         features = self.features.take(rows)
         if self.views is None:
             return features
@@ -74,12 +75,29 @@ class TaskData:
         have = np.array([sid in cached for sid in features.ids], dtype=bool)
         if have.all():
             return self.train_features(rows)
-        some = self.views.read("views", features.ids[have]) if have.any() else None
-        n_views = some.shape[1] if some is not None else 1
-        views = np.repeat(features.cls[:, None, :], n_views, axis=1)
-        if some is not None:
-            views[have] = some
-        return replace(features, views=views, corrected_views=self.transform(views) if self.transform else None)
+        some = self.train_features(rows[have]) if have.any() else None
+        n_views = some.views.shape[1] if some is not None else 1
+
+        def filled(own: np.ndarray | None, cached_part: np.ndarray | None) -> np.ndarray | None:
+            if own is None:
+                return None
+            out = np.repeat(own[:, None], n_views, axis=1)
+            if cached_part is not None:
+                out[have] = cached_part
+            return out
+
+        views = filled(features.cls, None if some is None else some.views)
+        norms = None  # a cache made before the norms were stored has none for its views
+        if some is None or some.views_norm is not None:
+            norms = filled(features.cls_norm, None if some is None else some.views_norm)
+        tokens = {b: filled(features.tokens[b], None if some is None else some.view_tokens[b])
+                  for b in self._view_blocks()}
+        return replace(features, views=views, views_norm=norms, view_tokens=tokens,
+                       corrected_views=self.transform(views) if self.transform else None)
+
+    def _view_blocks(self) -> list[str]:
+        """Token blocks the head reads that the view set stores per view too."""
+        return [b for b in self.features.tokens if f"views_{b}" in self.views.arrays()]  # type: ignore[union-attr]
 
     def rows(self, ids: list[str]) -> np.ndarray:
         pos = {sid: i for i, sid in enumerate(self.features.ids)}
@@ -102,9 +120,9 @@ def accepts_feature_correction(head: Any) -> bool:
     return bool(getattr(head, "accepts_feature_correction", False))
 
 
-def uses_views(head: Any) -> bool:
-    """Heads with ``use_views`` on read the views cache (Tip-Adapter keys, per-epoch augmentations)."""
-    return bool(head.get_params().get("use_views", False))
+def view_set_of(head: Any) -> str | None:
+    """The view set a head reads (its ``views`` param: Tip-Adapter keys, per-epoch augmentations), or None."""
+    return head.get_params().get("views") or None
 
 
 def load_task(task: str, manifest: pa.Table, images: FeatureCache, text: TextContext,

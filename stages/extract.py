@@ -73,7 +73,8 @@ def tiles(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path 
 @expected_errors
 def views(index: Path = INDEX, root: Path = ROOT, out: Path = OUT, params: Path = PARAMS,
           splits: Path = typer.Option(..., help="splits.parquet (id, split) from the prepare stage"),
-          section: str = typer.Option("views", help="params section (overlap.generic_views for the generic set)"),
+          section: str = typer.Option(..., help="params section: views.<set> (a named view set), or "
+                                               "overlap.generic_views for the generic set"),
           ) -> None:
     """Embeddings of n seeded augmented views of each image in the section's split: [N, n, D]."""
     _run("views", section, ViewsParams, index, root, out, params, splits)

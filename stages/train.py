@@ -20,9 +20,10 @@ from pipeline.heads.base import final_fit_wanted
 from pipeline.imageio import expected_decode
 from pipeline.modelfile import encoder_identity, save_head, text_identity
 from pipeline.runs import (FINAL, TrainParams, accepts_feature_correction, final_shots, fit_and_predict, fit_final,
-                           load_task, needs_text_tower, pinned_params, token_blocks_of, uses_views, write_predictions)
+                           load_task, needs_text_tower, pinned_params, token_blocks_of, view_set_of, write_predictions)
 from pipeline.text import read_text
 from pipeline.files import atomic_path
+from pipeline.errors import UserError
 from stages import expected_errors, setup_logging
 
 
@@ -32,7 +33,7 @@ def main(
     fewshot: Path = typer.Option(..., help="fewshot.parquet"),
     images: Path = typer.Option(..., help="images.zarr feature cache"),
     text: Path = typer.Option(..., help="text.zarr"),
-    views: Optional[Path] = typer.Option(None, help="views.zarr: augmented views of training rows (optional)"),
+    views_dir: Optional[Path] = typer.Option(None, help="directory of named view sets <name>.zarr (optional)"),
     overlap_adapter: Optional[Path] = typer.Option(None, help="overlap-correction adapter to apply (optional)"),
     out_dir: Path = typer.Option(..., help="directory for predictions, fitted heads, fit stats"),
     params: Path = typer.Option(Path("params.yaml"), help="params file"),
@@ -48,7 +49,7 @@ def main(
     expect = weights_identity(model_params)
     image_expect = {**expect, **expected_decode(params)}
     cache = FeatureCache(images, expect=image_expect)
-    view_cache = FeatureCache(views, expect=image_expect) if views is not None and uses_views(prototype) else None
+    view_cache = open_view_set(head, view_set_of(prototype), views_dir, image_expect)
     transform = None
     if overlap_adapter is not None:
         if not accepts_feature_correction(prototype):
@@ -89,6 +90,18 @@ def main(
     write_predictions(predictions, out_dir / "predictions.parquet")
     with atomic_path(out_dir / "fit_stats.json") as tmp:
         tmp.write_text(json.dumps(stats, indent=1))
+
+
+def open_view_set(head: str, name: str | None, views_dir: Path | None, expect: dict) -> FeatureCache | None:
+    """The head's view set ``<views_dir>/<name>.zarr`` (its ``views`` param), or None when it reads none."""
+    if name is None or views_dir is None:
+        return None
+    path = views_dir / f"{name}.zarr"
+    if not path.exists():
+        have = sorted(p.stem for p in views_dir.glob("*.zarr")) if views_dir.is_dir() else []
+        raise UserError(f"heads.{head}.views: no view set '{name}' ({path} does not exist; "
+                        f"the sets of `views:` are {have})")
+    return FeatureCache(path, expect=expect)
 
 
 if __name__ == "__main__":

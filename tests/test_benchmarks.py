@@ -46,11 +46,13 @@ def _run(script: str, micro_model: dict, data: Path, *args: str) -> str:
 def test_extract_benchmark_prints_throughputs_and_ratio(micro_model, katkam_like):
     out = _run("extract.py", micro_model, katkam_like, "--images", "8", "--batch-size", "4", "--blocks", "-1", "-2")
     assert f"model {micro_model['name']} 64px" in out and "8 katkam JPEGs" in out
-    forward = float(re.search(rf"forward only :\s+{NUMBER} images/s", out).group(1))
-    stage = float(re.search(rf"whole stage  :\s+{NUMBER} images/s", out).group(1))
-    ratio = float(re.search(rf"ratio        :\s+{NUMBER}", out).group(1))
-    assert forward > 0 and stage > 0
-    assert ratio == pytest.approx(stage / forward, abs=0.01 + 0.01 * ratio)
+    for path in ("pil", "pil+draft", "torchvision"):
+        row = re.search(rf"^{re.escape(path)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M)
+        assert row, out
+        decoded, forward, stage, ratio, diff = map(float, row.groups())
+        assert decoded > 0 and forward > 0 and stage > 0
+        assert ratio == pytest.approx(stage / forward, abs=0.01 + 0.01 * ratio)
+        assert diff == 0.0 if path == "pil" else diff < 0.05  # the same pictures, up to decode rounding
 
 
 def test_heads_vs_reencode_benchmark_prints_both_heads(micro_model, katkam_like):

@@ -36,7 +36,8 @@ def _small_demo(p: dict) -> None:
 def _small(p: dict) -> None:
     p["fewshot"].update(shots=[1, 4, "all"], seeds=[1])
     p["train"].update(shots=[1, 4], seeds=[1])
-    p["views"].update(n=2)
+    for view_set in p["views"].values():
+        view_set.update(n=2)
     p["overlap"]["generic_views"].update(n=2)
     p["overlap"]["adapter"].update(epochs=2)
     for name in ("clip_adapter", "coop"):
@@ -175,7 +176,7 @@ def check_predictions_and_draws(repo: Path, params: dict) -> None:
                     assert all(p["y_true"] == labelled[p["id"]] for p in got), where
 
     # what Tip-Adapter fitted: its cache keys are exactly the train draw's rows (mean of their views)
-    views = FeatureCache(repo / "cache/synthstreets/synthclip-tiny/views.zarr")
+    views = FeatureCache(repo / "cache/synthstreets/synthclip-tiny/views/tip.zarr")
     assert not set(views.ids) & test
     for task in params["train"]["tasks"]:
         for shots in params["train"]["shots"]:

@@ -33,7 +33,7 @@ import yaml
 from tests.conftest import REPO
 
 DVC = [sys.executable, "-m", "dvc"]
-HEADS = ["zero_shot", "linear_probe"]
+HEADS = ["zero_shot", "linear_probe", "tip_adapter"]  # tip_adapter reads a view set
 OC_HEADS = ["zero_shot"]
 GENERIC = "tinygen"
 TARGETS = ["report"]
@@ -47,8 +47,9 @@ OC_STAGES = {f"{s}@{h}-{GENERIC}" for s in ("train_oc", "evaluate_oc") for h in 
 CDUL_STAGES = {"cdul_pseudo", "cdul_train"}
 # Direct readers of the target's manifest.parquet, of images.parquet and of the weights file (dvc.yaml).
 MANIFEST_READERS = {"fewshot", "encode_text", *HEAD_STAGES, *OC_STAGES, *CDUL_STAGES, "report"}
-IMAGE_INDEX_READERS = {"extract", "extract_tiles", "extract_views"}
-WEIGHTS_READERS = {"extract", "extract_tiles", "extract_views", f"extract_generic_views@{GENERIC}", "encode_text",
+VIEW_STAGES = {"extract_views@tip", "extract_views@dassl"}
+IMAGE_INDEX_READERS = {"extract", "extract_tiles", *VIEW_STAGES}
+WEIGHTS_READERS = {"extract", "extract_tiles", *VIEW_STAGES, f"extract_generic_views@{GENERIC}", "encode_text",
                    f"overlap_adapter@{GENERIC}"}
 
 
@@ -173,7 +174,8 @@ def pipeline_repo(tmp_path_factory, micro_model) -> Path:
         p["fewshot"] = {"shots": [1, 2], "seeds": [1], "val_shots": 2}
         p["train"] = {"heads": HEADS, "tasks": ["daytime"], "shots": [1, 2], "seeds": [1]}
         p["text"]["templates"] = {"default": ["a photo taken at {}."]}
-        p["views"].update(n=2, rows_per_shard=16, rows_per_chunk=8)
+        for view_set in p["views"].values():
+            view_set.update(n=2, rows_per_shard=16, rows_per_chunk=8)
         p["generic"] = {GENERIC: {"root": str(generic), "layout": "folders",
                                   "tasks": {"colour": {"type": "single"}}}}
         p["overlap"]["heads"] = OC_HEADS
@@ -229,6 +231,20 @@ def test_head_param_edit_reruns_only_that_head_and_the_report(pipeline_repo):
     assert _rerun(pipeline_repo, "evaluate@linear_probe") == {"train@linear_probe", "evaluate@linear_probe"}
     assert _changed(pipeline_repo) == {"report": {"params.yaml:heads", "evaluation"}}
     assert _rerun(pipeline_repo) == {"report"}
+
+
+def test_view_set_edit_reruns_that_set_and_then_the_heads(pipeline_repo):
+    views = "cache/tiny/micro/views"
+    _edit(pipeline_repo, lambda p: p["views"]["dassl"].update(seed=7))
+    assert set(_changed(pipeline_repo)) == {"extract_views@dassl", "report"}
+    assert _rerun(pipeline_repo, "extract_views@dassl") == {"extract_views@dassl"}
+    # the heads' stages depend on the views folder, whichever set they read; nothing else moved
+    reached = _changed(pipeline_repo)
+    assert set(reached) == {*(s for s in HEAD_STAGES | OC_STAGES if s.startswith("train")), "report"}
+    assert all(views in reached[s] for s in reached if s.startswith("train"))
+    _edit(pipeline_repo, lambda p: p["views"]["dassl"].update(seed=1))
+    _rerun(pipeline_repo, "extract_views@dassl")  # DVC's run cache restores the previous set
+    assert _would_run(pipeline_repo) == set()
 
 
 def test_report_param_edit_invalidates_only_the_report(pipeline_repo):
@@ -319,7 +335,7 @@ def test_overlap_adapter_trains_on_the_generic_set_only(pipeline_repo):
     assert not set(meta["trained_on"]) & set(target)
     # The target's views cache holds its training rows only.
     train = pq.read_table(pipeline_repo / "data/prepared/tiny/splits.parquet").to_pylist()
-    assert sorted(FeatureCache(pipeline_repo / "cache/tiny/micro/views.zarr").ids) == \
+    assert sorted(FeatureCache(pipeline_repo / "cache/tiny/micro/views/tip.zarr").ids) == \
         sorted(r["id"] for r in train if r["split"] == "train")
 
 
@@ -350,7 +366,7 @@ def test_corrected_heads_never_run_the_encoder(pipeline_repo, monkeypatch, tmp_p
     prep, cache = "data/prepared/tiny", "cache/tiny/micro"
     result = CliRunner().invoke(app, [
         "--head", "tip_adapter", "--manifest", f"{prep}/manifest.parquet", "--fewshot", f"{prep}/fewshot.parquet",
-        "--images", f"{cache}/images.zarr", "--text", f"{cache}/text.zarr", "--views", f"{cache}/views.zarr",
+        "--images", f"{cache}/images.zarr", "--text", f"{cache}/text.zarr", "--views-dir", f"{cache}/views",
         "--overlap-adapter", "adapters/tinygen/micro/overlap_adapter.pt", "--out-dir", str(tmp_path / "oc")])
     assert result.exit_code == 0, result.output
     assert pq.read_table(tmp_path / "oc" / "predictions.parquet").num_rows > 0
@@ -358,5 +374,5 @@ def test_corrected_heads_never_run_the_encoder(pipeline_repo, monkeypatch, tmp_p
 
 def test_model_edit_reruns_extraction(pipeline_repo):
     _edit(pipeline_repo, lambda p: p["model"].update(seed=1, pretrained=None))
-    assert {"extract", "extract_tiles", "extract_views", f"extract_generic_views@{GENERIC}", "encode_text"} \
+    assert {"extract", "extract_tiles", *VIEW_STAGES, f"extract_generic_views@{GENERIC}", "encode_text"} \
         <= _would_run(pipeline_repo)

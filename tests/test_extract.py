@@ -201,7 +201,7 @@ def _write_params(path: Path, micro_model: dict, root: Path) -> None:
         "dataset": {"name": "t", "root": str(root), "layout": "folders", "tasks": {"daytime": {"type": "single"}}},
         "model": micro_model,
         "runtime": {"device": "cpu", "precision": "fp32", "batch_size": 4, "num_workers": 0},
-        "decode": {"exif_transpose": True},
+        "decode": {"exif_transpose": True, "draft": False, "backend": "pil"},
         "extract": {"token_blocks": [-2], "dtype": "float16", "rows_per_shard": 8, "rows_per_chunk": 4},
     }
     path.write_text(yaml.safe_dump(params))

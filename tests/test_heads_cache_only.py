@@ -87,7 +87,7 @@ def test_gda_weights_are_the_reference_lda(task):
     expected = softmax(LOGIT_SCALE * f @ ensemble(task.text).T + 0.1 * (f @ W.T + b))
     np.testing.assert_allclose(head.predict_proba(task.test), expected, rtol=1e-4, atol=1e-8)
     # without views the support rows are the embeddings themselves
-    plain = make_head("gda", {"use_views": False}).fit(X, y, text=task.text)
+    plain = make_head("gda", {"views": None}).fit(X, y, text=task.text)
     W1, b1 = reference_lda(X.cls.astype(np.float64), y, 4)
     np.testing.assert_allclose(plain.W_, W1, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(plain.b_, b1, rtol=1e-6, atol=1e-8)
@@ -111,9 +111,9 @@ def test_gda_alpha_search_is_the_reference_grid(hard):
 
 # -- ProKeR ---------------------------------------------------------------------
 
-def proker_explicit(task, beta, lmbda, X, use_views=True):
+def proker_explicit(task, beta, lmbda, X, views="tip"):
     """f(x) = f0(x) + K_xS (K_SS / lambda + I)^-1 (Y - f0(S)), f0 = cosines, by an explicit solve."""
-    S, labels = stacked_views(task.train, task.y_train) if use_views else (task.train.cls.astype(np.float64),
+    S, labels = stacked_views(task.train, task.y_train) if views else (task.train.cls.astype(np.float64),
                                                                            task.y_train)
     T = ensemble(task.text)
     K = np.exp(-beta * (1 - S @ S.T))
@@ -155,12 +155,12 @@ def test_proker_limits_relate_to_zero_shot_and_tip_adapter(task):
     beta = 3.0
     T = ensemble(task.text)
     f = task.test.cls.astype(np.float64)
-    tiny = fit("proker", {"init_beta": beta, "init_lmbda": 1e-12, "use_views": False, "device": "cpu"},
+    tiny = fit("proker", {"init_beta": beta, "init_lmbda": 1e-12, "views": None, "device": "cpu"},
                task, with_val=False)
     np.testing.assert_allclose(tiny._logits(task.test), f @ T.T, atol=1e-6)
-    huge = fit("proker", {"init_beta": beta, "init_lmbda": 1e12, "use_views": False, "device": "cpu"},
+    huge = fit("proker", {"init_beta": beta, "init_lmbda": 1e12, "views": None, "device": "cpu"},
                task, with_val=False)
-    tip = TipAdapterHead(init_alpha=1.0, init_beta=beta, use_views=False, device="cpu").fit(
+    tip = TipAdapterHead(init_alpha=1.0, init_beta=beta, views=None, device="cpu").fit(
         task.train, task.y_train, text=task.text)
     S = task.train.cls.astype(np.float64)
     correction = np.exp(-beta * (1 - f @ S.T)) @ (S @ T.T)

@@ -1,7 +1,7 @@
 """The shared training options of every gradient-trained head, each shown to take effect.
 
 ``optimizer``, ``class_weight``, ``focal_gamma``, ``monitor`` (with the best
-epoch's weights restored) and the per-epoch view draws (``use_views``) are read
+epoch's weights restored) and the per-epoch view draws (``views``) are read
 by :mod:`pipeline.heads.trainable` and applied in :mod:`pipeline.heads.training`;
 these tests watch the loop from outside (spies on the optimiser classes, the
 loss, the per-epoch evaluation and the networks' ``forward``) for every head
@@ -23,7 +23,7 @@ from pipeline.heads.tip_adapter_f import TipAdapterFNet
 from tests.test_heads_support import LEARNING, N_VIEWS, SWAPPED, make_task, one_thread  # noqa: F401
 
 NETS = {"clip_adapter": ClipAdapterNet, "tip_adapter_f": TipAdapterFNet, "coop": CoOpNet}
-VIEW_HEADS = sorted(NETS)  # the trainable heads with ``use_views``
+VIEW_HEADS = sorted(NETS)  # the trainable heads with ``views``
 EPOCHS = 3
 
 
@@ -232,7 +232,7 @@ def test_each_epoch_draws_one_cached_view_per_row(name, task, monkeypatch):
     seen = record_training_inputs(monkeypatch, NETS[name])
     n_epochs = 6
     head = fit(name, short(name, epochs=n_epochs), task.train, task.y_train, task)
-    assert head.use_views
+    assert head.views
     draws = []
     for epoch_inputs in per_epoch(seen, "cls", n_epochs):
         found = locate(epoch_inputs, task.train)
@@ -253,11 +253,11 @@ def with_poisoned_views(X):
 
 
 @pytest.mark.parametrize("name", VIEW_HEADS)
-def test_use_views_false_reads_no_view(name, task, monkeypatch):
+def test_views_none_reads_no_view(name, task, monkeypatch):
     """Views full of NaN: any read would poison the loss, the keys or the predictions."""
     seen = record_training_inputs(monkeypatch, NETS[name])
     train = with_poisoned_views(task.train)
-    head = fit(name, short(name, use_views=False), train, task.y_train, task)
+    head = fit(name, short(name, views=None), train, task.y_train, task)
     for epoch_inputs in per_epoch(seen, "cls", EPOCHS):
         found = locate(epoch_inputs, train)
         assert sorted(found[:, 0]) == list(range(len(train))) and np.all(found[:, 1] == -1)
@@ -265,27 +265,65 @@ def test_use_views_false_reads_no_view(name, task, monkeypatch):
     assert np.all(np.isfinite(head.predict_proba(task.test)))
 
 
-def test_heads_without_use_views_read_no_view(task):
+def test_heads_without_views_read_no_view(task):
     train = with_poisoned_views(task.train)
     mh = fit("clip_mhadapter", short("clip_mhadapter"), train, task.y_train, task)
     assert np.all(np.isfinite([h["train_loss"] for h in mh.history_]))
     for name, params in (("zero_shot", {}), ("linear_probe", {"search_steps": 1}),
-                         ("tip_adapter", {"use_views": False, "search_step": (5, 5)})):
+                         ("tip_adapter", {"views": None, "search_step": (5, 5)})):
         head = fit(name, params, train, task.y_train, task)
         assert np.all(np.isfinite(head.predict_proba(task.test))), name
 
 
-def test_tip_adapter_keys_follow_use_views(task):
+def with_view_tokens(X, seed: int = 0):
+    """Per-view tokens [N, A, L, W], each view's own (distinct values, so a draw can be located)."""
+    rng = np.random.default_rng(seed)
+    tokens = X.tokens["block-2"]
+    per_view = tokens[:, None] + 0.05 * rng.standard_normal((len(X), X.views.shape[1], *tokens.shape[1:]))
+    return replace(X, view_tokens={"block-2": per_view.astype(np.float32)})
+
+
+def test_mhadapter_token_views_draw_tokens_embedding_and_norm_of_one_view(task, monkeypatch):
+    """views on: each epoch, each row's tokens, embedding and norm all come from the same cached view."""
+    from pipeline.heads.clip_mhadapter import MHAdapterNet
+
+    seen = record_training_inputs(monkeypatch, MHAdapterNet)
+    train, n_epochs = with_view_tokens(task.train), 4
+    head = fit("clip_mhadapter", short("clip_mhadapter", epochs=n_epochs, patience=0, views="tip"),
+               train, task.y_train, task)
+    assert head.views == "tip"
+    tok = train.view_tokens["block-2"]
+    by_tokens = {tok[i, a].tobytes(): (i, a) for i in range(len(train)) for a in range(tok.shape[1])}
+    draws = []
+    for cls, norm, tokens in zip(per_epoch(seen, "cls", n_epochs), per_epoch(seen, "cls_norm", n_epochs),
+                                 per_epoch(seen, "tokens", n_epochs)):
+        found = locate(cls, train)
+        assert np.all(found[:, 1] >= 0)  # always a view, never the fixed embedding
+        np.testing.assert_array_equal([by_tokens[t.tobytes()] for t in tokens], found)  # the same view's tokens
+        np.testing.assert_array_equal(norm, train.views_norm[found[:, 0], found[:, 1]])  # ... and its norm
+        draws.append(found[np.argsort(found[:, 0]), 1])
+    assert len({d.tobytes() for d in draws}) == n_epochs  # drawn afresh every epoch
+
+
+def test_mhadapter_without_token_views_says_which_param(task):
+    with pytest.raises(ValueError, match=r"views 'tip': the view set stores no 'block-2' tokens .*token_blocks: \[-2\]"):
+        fit("clip_mhadapter", short("clip_mhadapter", views="tip"), task.train, task.y_train, task)
+    # views: null (the default) trains on the fixed tokens even where views exist
+    fixed = fit("clip_mhadapter", short("clip_mhadapter"), with_view_tokens(task.train), task.y_train, task)
+    assert fixed.views is None and np.all(np.isfinite(fixed.predict_proba(task.test)))
+
+
+def test_tip_adapter_keys_follow_views(task):
     """Cache keys: mean of the views re-normalised, or the embeddings themselves."""
     from tests.test_heads_support import normalise
 
     mean_views = normalise((task.train.views * task.train.views_norm[..., None]).astype(np.float64).mean(axis=1))
     on = fit("tip_adapter_f", short("tip_adapter_f", epochs=0), task.train, task.y_train, task, val=False)
-    off = fit("tip_adapter_f", short("tip_adapter_f", epochs=0, use_views=False), task.train, task.y_train, task,
+    off = fit("tip_adapter_f", short("tip_adapter_f", epochs=0, views=None), task.train, task.y_train, task,
               val=False)
     np.testing.assert_allclose(on.net_.adapter.weight.detach().numpy(), mean_views, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(off.net_.adapter.weight.detach().numpy(), task.train.cls)
-    free_off = fit("tip_adapter", {"use_views": False}, task.train, task.y_train, task, val=False)
+    free_off = fit("tip_adapter", {"views": None}, task.train, task.y_train, task, val=False)
     np.testing.assert_array_equal(free_off.keys_, task.train.cls)
     free_on = fit("tip_adapter", {}, task.train, task.y_train, task, val=False)
     np.testing.assert_allclose(free_on.keys_, mean_views, rtol=1e-5, atol=1e-6)

@@ -112,6 +112,29 @@ def test_views_are_joined_by_id_per_training_draw(manifest, tmp_path):
     np.testing.assert_array_equal(got.views, np.stack([views[train[i]] for i in (4, 0, 9)]))
 
 
+def test_view_tokens_are_joined_by_id_and_filled_for_rows_without_views(manifest, tmp_path):
+    """A view set with tokens: per draw, each row's per-view tokens and norms by id; in the final fit
+    a val row (no cached views) repeats its own embedding, norm and tokens as each view."""
+    ids = manifest.column("id").to_pylist()
+    split = dict(zip(ids, manifest.column("split").to_pylist()))
+    train = [sid for sid in ids if split[sid] == "train"]
+    val = [sid for sid in ids if split[sid] == "val"]
+    cls, norm, tok = _per_id(ids, (D,), 3), _per_id(ids, (), 5), _per_id(ids, (3, 2), 6)
+    images = _write_cache(tmp_path / "images.zarr", ids, {"cls": cls, "cls_norm": norm, "block-2": tok})
+    vcls, vnorm, vtok = _per_id(train, (2, D), 4), _per_id(train, (2,), 7), _per_id(train, (2, 3, 2), 8)
+    view_cache = _write_cache(tmp_path / "views.zarr", train[::-1],
+                              {"views": vcls, "views_norm": vnorm, "views_block-2": vtok})
+    data = load_task("daytime", _shuffled(manifest, 2), images, _text(), tokens=("block-2",), views=view_cache)
+    got = data.train_features(data.rows([train[3], train[1]]))
+    np.testing.assert_array_equal(got.view_tokens["block-2"], np.stack([vtok[train[3]], vtok[train[1]]]))
+    np.testing.assert_array_equal(got.views_norm, np.stack([vnorm[train[3]], vnorm[train[1]]]))
+    final = data.final_features(data.rows([val[0], train[2]]))
+    np.testing.assert_array_equal(final.view_tokens["block-2"][0], np.stack([tok[val[0]]] * 2))
+    np.testing.assert_array_equal(final.view_tokens["block-2"][1], vtok[train[2]])
+    np.testing.assert_array_equal(final.views_norm, np.stack([[norm[val[0]]] * 2, vnorm[train[2]]]))
+    np.testing.assert_array_equal(final.views[0], np.stack([cls[val[0]]] * 2))
+
+
 class SpyHead:
     """A head that records which rows it was fitted and asked on (fit_and_predict's contract)."""
 

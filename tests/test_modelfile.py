@@ -25,7 +25,7 @@ FAST: dict[str, dict] = {
 }
 ENCODER = {"model": "m", "weights": "sha256:aaa", "open_clip_version": "3", "image_size": [32, 32],
            "mean": [0.5], "std": [0.5], "interpolation": "bicubic", "resize_mode": "shortest",
-           "decode": {"exif_transpose": True}}
+           "decode": {"exif_transpose": True, "draft": False, "backend": "pil"}}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ of the layout tests, reused) and `model` at the micro checkpoint, and runs `dvc 
    to the evaluation files and the report;
 3. a CoOp split file: few-shot train draws from its train split, val draws from its val
    split, test predictions on its test split, CoOp's class names throughout;
-4. PASCAL VOC (multi-label only): `train.heads: []`, `views.n: 0`: CDUL runs and reports,
+4. PASCAL VOC (multi-label only): `train.heads: []`, `views: {}`: CDUL runs and reports,
    no train@/evaluate@ stage exists.
 
 Every case: the demo (demo/dvc.yaml) never ran, and `dvc status` is clean afterwards.
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.realdata
 
 HEADS = ["zero_shot", "linear_probe"]
 DATA_STAGES = {  # prepare, few-shot draws, the encoder caches, the prompts
-    "prepare", "fewshot", "extract", "extract_tiles", "extract_views", "encode_text"}
+    "prepare", "fewshot", "extract", "extract_tiles", "extract_views@tip", "encode_text"}
 CDUL = {"cdul_pseudo", "cdul_train"}
 
 
@@ -61,7 +61,7 @@ def _repo(tmp_path: Path, micro_model: dict, dataset: dict, change=None) -> Path
         p["runtime"] = {"device": "cpu", "precision": "fp32", "batch_size": 16, "num_workers": 0}
         p["extract"].update(rows_per_shard=32, rows_per_chunk=16)
         p["tiles"].update(grid=2, rows_per_shard=32, rows_per_chunk=16)
-        p["views"].update(n=2, rows_per_shard=32, rows_per_chunk=16)
+        p["views"] = {"tip": {**p["views"]["tip"], "n": 2, "rows_per_shard": 32, "rows_per_chunk": 16}}
         p["fewshot"] = {"shots": [1, 2], "seeds": [1], "val_shots": 2}
         p["train"] = {"heads": HEADS, "tasks": [], "shots": [1, 2], "seeds": [1]}
         p["text"] = {"templates": {"default": ["a photo of a {}."]}, "class_names": {}}
@@ -206,7 +206,7 @@ def test_global_streetscapes_keeps_official_test_out_of_everything_fitted(tmp_pa
     assert {d["task"] for d in draws} == {"weather", "lighting"}
     assert not {d["id"] for d in draws} & official_test
     assert all(split[d["id"]] == d["subset"] for d in draws), "a draw took a row from another split"
-    views = set(FeatureCache(repo / "cache/gss/micro/views.zarr").ids)
+    views = set(FeatureCache(repo / "cache/gss/micro/views/tip.zarr").ids)
     assert views == train
     for head in [*heads, "zero_shot_oc"]:
         preds = pq.read_table(repo / "runs/gss/micro" / head / "predictions.parquet").to_pylist()
@@ -281,24 +281,22 @@ def test_coop_split_file_gives_the_draws_and_class_names(tmp_path, micro_model, 
 
 
 def test_voc_multilabel_only_runs_cdul_without_heads(tmp_path, micro_model, voc):  # noqa: F811
-    from pipeline.cache import FeatureCache
     dataset = {"name": "voc", "root": str(voc["root"]), "layout": "voc", "tasks": {"objects": {"type": "multi"}}}
 
     def change(p):
         p["train"].update(heads=[], tasks=[])
-        p["views"]["n"] = 0
+        p["views"] = {}
         p["cdul"]["task"] = "objects"
     repo = _repo(tmp_path, micro_model, dataset, change)
     ran = _repro(repo)
-    assert ran == DATA_STAGES | CDUL | {"report"}
+    assert ran == DATA_STAGES - {"extract_views@tip"} | CDUL | {"report"}
     stages = _sh([*DVC, "stage", "list", "--all", "--name-only"], repo).split()
     assert "report" in stages and not [s for s in stages if s.startswith(("train", "evaluate"))]
     _check_demo_never_ran_and_up_to_date(repo)
 
     assert sorted(p.name for p in (repo / "evaluation").iterdir()) == ["README.md"]
     assert not (repo / "runs").exists()
-    with pytest.raises(Exception, match="not applicable"):  # views.n: 0, no views were extracted
-        FeatureCache(repo / "cache/voc/micro/views.zarr").read("views")
+    assert not (repo / "cache/voc/micro/views").exists()  # views: {}, no view set
     cdul = json.loads((repo / "cdul/voc/micro/classifier/metrics.json").read_text())
     assert cdul["task"] == "objects" and 0.0 <= cdul["test_mAP"] <= 1.0
     quality = json.loads((repo / "cdul/voc/micro/pseudo/pseudo_quality.json").read_text())

@@ -53,7 +53,7 @@ def test_corrected_features_search_the_corrections_own_grid():
                        corrected_views=normalise(X.views @ rot).astype(np.float32))
 
     train, val = corrected(task.train), corrected(task.val)
-    head = make_head("tip_adapter", {"use_views": True, "device": "cpu"}).fit(
+    head = make_head("tip_adapter", {"views": "tip", "device": "cpu"}).fit(
         train, task.y_train, text=task.text, X_val=val, y_val=task.y_val)
     # the same search written out from the script
     keys = normalise(train.corrected_views.astype(np.float64).mean(axis=1))

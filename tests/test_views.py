@@ -96,6 +96,32 @@ def test_views_cache_holds_each_rows_augmented_views(micro_model, rows, tmp_path
     np.testing.assert_allclose(again.read("views"), cache.read("views"), atol=1e-5)
 
 
+def test_views_can_keep_each_views_tokens(micro_model, rows, tmp_path):
+    """token_blocks: the block's tokens of every view, from the same forward pass as its embedding."""
+    loaded = load_model(ModelParams(**micro_model))
+    ids, paths, root = rows
+    cfg = ViewsParams(split=None, n=2, token_blocks=(-2,), dtype="float32", rows_per_shard=8, rows_per_chunk=4)
+    extract("views", loaded, cfg, RUNTIME, ids[:5], paths[:5], root, tmp_path / "tok.zarr")
+    cache = FeatureCache(tmp_path / "tok.zarr", expect={"token_blocks": [-2]})
+    got = cache.read("views_block-2", [ids[3]])[0]  # [A, 1+P, W]
+    assert got.shape == (2, 1 + (64 // 16) ** 2, 64)
+    x = torch.stack([loaded.preprocess(augmented_view(load_rgb(root / paths[3]), (64, 64), cfg.spec(), ids[3], v))
+                     for v in range(2)])
+    with torch.no_grad():  # block -2 by hand: the residual stream after all but the last block
+        visual = loaded.model.visual
+        h = visual.conv1(x).flatten(2).transpose(1, 2)
+        h = torch.cat([visual.class_embedding.expand(len(x), 1, -1), h], dim=1) + visual.positional_embedding
+        h = visual.ln_pre(h)
+        for block in visual.transformer.resblocks[:-1]:
+            h = block(h)
+    np.testing.assert_allclose(got, h.numpy(), atol=1e-4)
+    # the embeddings and norms are those of a views cache without tokens (the same views)
+    plain = ViewsParams(split=None, n=2, dtype="float32", rows_per_shard=8, rows_per_chunk=4)
+    extract("views", loaded, plain, RUNTIME, ids[:5], paths[:5], root, tmp_path / "plain.zarr")
+    for name in ("views", "views_norm"):
+        np.testing.assert_allclose(cache.read(name), FeatureCache(tmp_path / "plain.zarr").read(name), atol=1e-5)
+
+
 def test_view_pixels_do_not_depend_on_what_else_is_drawn(rows):
     """The crop box, flip and pixels of a view are the same whatever order views are drawn in."""
     ids, paths, root = rows
@@ -115,16 +141,16 @@ def test_stage_keeps_only_the_configured_split(micro_model, folder_dataset, tmp_
                     "tasks": {"daytime": {"type": "single"}}},
         "model": micro_model,
         "runtime": {"device": "cpu", "precision": "fp32", "batch_size": 4, "num_workers": 0},
-        "decode": {"exif_transpose": True},
-        "views": {"split": "train", "n": 2, "scale": [0.5, 1.0], "ratio": [0.75, 1.3333], "flip": 0.5, "seed": 0,
-                  "dtype": "float16", "rows_per_shard": 8, "rows_per_chunk": 4},
+        "decode": {"exif_transpose": True, "draft": False, "backend": "pil"},
+        "views": {"tip": {"split": "train", "n": 2, "scale": [0.5, 1.0], "ratio": [0.75, 1.3333], "flip": 0.5,
+                          "seed": 0, "dtype": "float16", "rows_per_shard": 8, "rows_per_chunk": 4}},
     }))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     prep = tmp_path / "prep"
     subprocess.run([sys.executable, "-m", "stages.prepare", "--out-dir", str(prep), "--params", str(params)],
                    check=True, cwd=REPO, env=env)
     subprocess.run([sys.executable, "-m", "stages.extract", "views", "--index", str(prep / "images.parquet"),
-                    "--splits", str(prep / "splits.parquet"), "--root", str(folder_dataset),
+                    "--splits", str(prep / "splits.parquet"), "--root", str(folder_dataset), "--section", "views.tip",
                     "--out", str(tmp_path / "views.zarr"), "--params", str(params)], check=True, cwd=REPO, env=env)
     manifest = pq.read_table(prep / "manifest.parquet")
     train = [i for i, s in zip(manifest.column("id").to_pylist(), manifest.column("split").to_pylist())
@@ -137,15 +163,15 @@ def test_stage_keeps_only_the_configured_split(micro_model, folder_dataset, tmp_
 
 
 def _check_no_views_is_marked_not_applicable(params, prep, root, out, env) -> None:
-    """views.n: 0 (no single-label heads): the declared output exists, and readers refuse it, saying why."""
+    """views.<set>.n: 0: the declared output exists, and readers refuse it, saying why."""
     from pipeline.cache import CacheMismatchError
 
     cfg = yaml.safe_load(params.read_text())
-    cfg["views"]["n"] = 0
+    cfg["views"]["tip"]["n"] = 0
     cfg["model"]["pretrained"] = "/nonexistent.pt"  # never loaded: there is nothing to encode
     params.write_text(yaml.safe_dump(cfg))
     subprocess.run([sys.executable, "-m", "stages.extract", "views", "--index", str(prep / "images.parquet"),
                     "--splits", str(prep / "splits.parquet"), "--root", str(root), "--out", str(out),
-                    "--params", str(params)], check=True, cwd=REPO, env=env)
-    with pytest.raises(CacheMismatchError, match="not applicable .views.n is 0"):
+                    "--section", "views.tip", "--params", str(params)], check=True, cwd=REPO, env=env)
+    with pytest.raises(CacheMismatchError, match="not applicable .views.tip.n is 0"):
         FeatureCache(out)

@@ -46,9 +46,10 @@ Deviations:
   on ``u = w / r`` with learning rate ``lr / r^2`` and multipliers
   ``lambda · r^2`` — the schedule and penalty act on a different scale than
   in the reference (which is scale-sensitive).
-* The augmented rows are the cached views ``X.views`` (``views.n``, 10 by
-  default, instead of 20 passes); ``X.cls`` without views or with
-  ``use_views=False``.
+* The augmented rows are the cached views ``X.views`` of the set named by
+  ``views`` (``dassl``: the reference config's Dassl ``random_resized_crop``,
+  scale (0.08, 1), and ``random_flip``; 10 views by default instead of 20
+  passes); ``X.cls`` without views or with ``views=None``.
 * A class without support rows (never in a balanced few-shot draw) starts with
   ``lambda_k = 1`` (the reference divides by zero).
 * The softmax logit scale is ``text.logit_scale`` (the reference: the CLIP
@@ -109,7 +110,7 @@ class CLAPHead(BaseHead):
 
     def __init__(self, *, epochs: int = 300, batch_size: int = 256, lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 0.0, warmup_epochs: int = 1, warmup_lr: float = 1e-5,
-                 adaptive: bool = False, template: int | None = None, use_views: bool = True, seed: int = 0,
+                 adaptive: bool = False, template: int | None = None, views: str | None = "dassl", seed: int = 0,
                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.epochs = epochs
         self.batch_size = batch_size
@@ -120,7 +121,7 @@ class CLAPHead(BaseHead):
         self.warmup_lr = warmup_lr
         self.adaptive = adaptive
         self.template = template
-        self.use_views = use_views
+        self.views = views
         self.seed = seed
         self.device = device
 
@@ -128,7 +129,7 @@ class CLAPHead(BaseHead):
              X_val: FeatureSet | None, y_val: np.ndarray | None) -> int:
         device = self.device_ = resolve_device(self.device)
         n_classes = len(text.class_names)
-        if self.use_views and X.views is not None:
+        if self.views and X.views is not None:
             views = np.asarray(X.views, dtype=np.float32)
             rows, labels = views.reshape(-1, views.shape[-1]), np.repeat(y, views.shape[1])
         else:

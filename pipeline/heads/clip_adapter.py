@@ -15,9 +15,11 @@ Deviations:
 * ``f`` is the cached L2-normalised image embedding, while the reference adapts
   the raw image-encoder output; the residual blend therefore mixes vectors of
   fixed norm, which changes the effective ``ratio`` somewhat.
-* Augmentation: the reference re-augments images every epoch (random resized
-  crop, flip); here one cached augmented view (``X.views``) per row is drawn
-  each epoch when ``use_views`` and views exist, else ``X.cls`` is used.
+* Augmentation: the reference re-augments images every epoch with Dassl's
+  ``random_resized_crop`` (scale (0.08, 1)) and ``random_flip``; here one
+  cached augmented view (``X.views``) per row is drawn each epoch, from the
+  view set named by ``views`` (``dassl``: those transforms, 10 views per row),
+  else ``X.cls`` is used.
 * The class embeddings are the template ensemble by default; the reference
   uses one hand-written template per dataset (select it with ``template``).
 * The paper text quotes lr 1e-5; the released code uses CoOp's config (0.002),
@@ -81,7 +83,7 @@ class ClipAdapterHead(TorchHead):
                  warmup_lr: float = 1e-5, patience: int = 0,
                  monitor: Literal["loss", "accuracy", "balanced_accuracy"] = "accuracy",
                  class_weight: ClassWeighting = "none", focal_gamma: float = 0.0,
-                 use_views: bool = True, seed: int = 0,
+                 views: str | None = "dassl", seed: int = 0,
                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.reduction = reduction
         self.ratio = ratio
@@ -98,7 +100,7 @@ class ClipAdapterHead(TorchHead):
         self.monitor = monitor
         self.class_weight = class_weight
         self.focal_gamma = focal_gamma
-        self.use_views = use_views
+        self.views = views
         self.seed = seed
         self.device = device
 

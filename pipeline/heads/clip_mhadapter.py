@@ -31,8 +31,12 @@ head count are tuned per task there (e.g. glare 0.8 / 4 heads; lighting 0.8 /
 ``<param>_by_task`` (see :func:`pipeline.heads.base.head_params`).
 
 Deviations / choices:
-* the reference re-crops and flips images every epoch; here the head trains on
-  the fixed cached tokens of each image (no token views yet);
+* the reference re-crops and flips images every epoch. Here, with ``views``
+  naming a view set that stores this head's token block (``views.<set>.
+  token_blocks: [-2]``), one cached view per row and epoch stands in for it:
+  its tokens, embedding and norm together, as one augmented image gives them.
+  Off by default (``views: null``, fixed cached tokens), because such a set
+  stores A times the token block (see the README for the cost);
 * lr 5e-4 is this project's value (the issue that specified the recipe did not
   quote the reference's learning rate, and the reference was not readable here).
 """
@@ -97,7 +101,7 @@ class MHAdapterHead(TorchHead):
                  warmup_epochs: int = 5, warmup: Literal["linear", "constant"] = "linear",
                  warmup_lr: float = 1e-5, patience: int = 10,
                  monitor: Literal["loss", "accuracy", "balanced_accuracy"] = "accuracy",
-                 class_weight: ClassWeighting = "none", focal_gamma: float = 0.0,
+                 class_weight: ClassWeighting = "none", focal_gamma: float = 0.0, views: str | None = None,
                  seed: int = 0, device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.token_block = token_block
         self.bottleneck = bottleneck
@@ -117,6 +121,7 @@ class MHAdapterHead(TorchHead):
         self.monitor = monitor
         self.class_weight = class_weight
         self.focal_gamma = focal_gamma
+        self.views = views
         self.seed = seed
         self.device = device
 
@@ -128,6 +133,15 @@ class MHAdapterHead(TorchHead):
             raise ValueError("mhadapter blends with the raw image feature: the image cache has no 'cls_norm' "
                              "(made before norms were stored); rerun the extract stage")
         return {"cls": X.cls, "cls_norm": X.cls_norm, "tokens": X.tokens[self.token_block]}
+
+    def _view_arrays(self, X: FeatureSet) -> dict[str, np.ndarray]:
+        """One augmented image per row and epoch: its tokens, embedding and norm (the same view index)."""
+        if X.views is None:
+            return {}
+        if self.token_block not in X.view_tokens or X.views_norm is None:
+            raise ValueError(f"views '{self.views}': the view set stores no '{self.token_block}' tokens or norms "
+                             f"(give it token_blocks: [{self.token_block.removeprefix('block')}])")
+        return {"cls": X.views, "cls_norm": X.views_norm, "tokens": X.view_tokens[self.token_block]}
 
     def _build_net(self, X: FeatureSet, y: np.ndarray, text: TextContext) -> nn.Module:
         if self.heads not in HEAD_CHOICES:

@@ -27,7 +27,9 @@ Deviations:
 * ``csc`` with ``ctx_init`` gives every class its own copy of the phrase
   (the reference silently ignores ``csc`` then).
 * Image features are cached: one cached augmented view per row per epoch
-  (``X.views``, when ``use_views``) stands in for re-augmenting images.
+  (``X.views``, from the view set named by ``views``: ``dassl``, Dassl's
+  ``random_resized_crop`` with scale (0.08, 1) and ``random_flip`` as in the
+  reference's configs, 10 views per row) stands in for re-augmenting images.
 * With validation rows the best epoch (``monitor``) is restored; the
   reference keeps the last epoch.
 * After fitting only the C final text features are kept; prediction never
@@ -195,7 +197,7 @@ class CoOpHead(TorchHead):
                  warmup_lr: float = 1e-5, patience: int = 0,
                  monitor: Literal["loss", "accuracy", "balanced_accuracy"] = "accuracy",
                  class_weight: ClassWeighting = "none", focal_gamma: float = 0.0,
-                 use_views: bool = True, seed: int = 0,
+                 views: str | None = "dassl", seed: int = 0,
                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
@@ -213,7 +215,7 @@ class CoOpHead(TorchHead):
         self.monitor = monitor
         self.class_weight = class_weight
         self.focal_gamma = focal_gamma
-        self.use_views = use_views
+        self.views = views
         self.seed = seed
         self.device = device
 

@@ -27,10 +27,10 @@ scores 0 keeps 0.1, as in the reference). Without validation rows ``alpha`` is
 Deviations:
 * ``s`` is ``text.logit_scale`` (the reference hard-codes 100; equal for
   OpenAI CLIP).
-* The augmented support rows are the cached views ``X.views`` (``views.n`` of
+* The augmented support rows are the cached views ``X.views`` (``n`` of the view set,
   them per image, 10 by default like the reference's ``augment_epoch``), each
   already L2-normalised as in the reference; without views (or with
-  ``use_views=False``) the plain embeddings ``X.cls`` are the support rows.
+  ``views=None``) the plain embeddings ``X.cls`` are the support rows.
 * Text weights: the template ensemble of the task's cached prompts by default
   (``template=None``), or one template by index. The reference uses each
   dataset's template list from Tip-Adapter (one hand-written template for most
@@ -110,16 +110,16 @@ class GDAHead(BaseHead):
     selects_on_validation = True
 
     def __init__(self, *, alpha_grid: tuple[float, ...] = REF_ALPHA_GRID, init_alpha: float = REF_INIT_ALPHA,
-                 template: int | None = None, use_views: bool = True) -> None:
+                 template: int | None = None, views: str | None = "tip") -> None:
         self.alpha_grid = alpha_grid
         self.init_alpha = init_alpha
         self.template = template
-        self.use_views = use_views
+        self.views = views
 
     def _fit(self, X: FeatureSet, y: np.ndarray, *, text: TextContext,
              X_val: FeatureSet | None, y_val: np.ndarray | None) -> int:
         n_classes = len(text.class_names)
-        rows, labels = support_rows(X, y, self.use_views)
+        rows, labels = support_rows(X, y, bool(self.views))
         self.W_, self.b_ = gda_parameters(rows, labels, n_classes)
         self.class_weights_ = text_classifier(text, self.template).astype(np.float64)
         self.logit_scale_ = float(text.logit_scale)

@@ -33,7 +33,7 @@ Deviations:
 * Training rows: the reference encodes one augmented pass of the support
   images (``train_tranform``: random resized crop + flip); here the first cached
   augmented view of each image (``X.views[:, 0]``, already L2-normalised as in
-  the reference), or ``X.cls`` without views / with ``use_views=False``.
+  the reference), or ``X.cls`` without views / with ``views=None``.
 * Text weights: the task's template ensemble (``template=None``) or one
   template; the reference uses each dataset's Tip-Adapter template list.
 * float32 (the reference runs the probe in the CLIP model's dtype, fp16 on GPU).
@@ -90,7 +90,7 @@ class LPPlusPlusHead(BaseHead):
     def __init__(self, *, epochs: int = 300, alpha_every: int = 10, alpha_init_scale: float = 250.0,
                  momentum: float = 0.9, accumulate_alpha_grad: bool = True,
                  epoch_selection: Literal["val", "last"] = "val", template: int | None = None,
-                 use_views: bool = True, seed: int = 0, device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
+                 views: str | None = "tip", seed: int = 0, device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.epochs = epochs
         self.alpha_every = alpha_every
         self.alpha_init_scale = alpha_init_scale
@@ -98,7 +98,7 @@ class LPPlusPlusHead(BaseHead):
         self.accumulate_alpha_grad = accumulate_alpha_grad
         self.epoch_selection = epoch_selection
         self.template = template
-        self.use_views = use_views
+        self.views = views
         self.seed = seed
         self.device = device
 
@@ -113,7 +113,7 @@ class LPPlusPlusHead(BaseHead):
             raise ValueError(f"epoch_selection must be one of {EPOCH_SELECTION}, got {self.epoch_selection!r}")
         device = self.device_ = resolve_device(self.device)
         n_classes = len(text.class_names)
-        feats = np.asarray(X.views[:, 0] if self.use_views and X.views is not None else X.cls, dtype=np.float32)
+        feats = np.asarray(X.views[:, 0] if self.views and X.views is not None else X.cls, dtype=np.float32)
         dim = feats.shape[1]
         self.text_weights_ = text_classifier(text, self.template)
         self.lr_w_ = lr_weights(feats)

@@ -38,9 +38,9 @@ Relation to Tip-Adapter: as ``lambda -> inf``, ``A -> Y - f0(S)`` and
 the support set.
 
 Deviations:
-* Support rows are the cached (normalised) views ``X.views`` (``views.n`` per
+* Support rows are the cached (normalised) views ``X.views`` (``n`` of the view set per
   image, 10 by default like the reference); ``X.cls`` without views or with
-  ``use_views=False``.
+  ``views=None``.
 * Text weights: the task's template ensemble by default (``template=None``);
   the reference uses each dataset's Tip-Adapter template list.
 * Outputs are regression scores of order 1 (no temperature in the reference,
@@ -90,14 +90,14 @@ class ProKeRHead(BaseHead):
     def __init__(self, *, beta_grid: tuple[float, float, int] = REF_BETA_GRID,
                  lmbda_grid: tuple[float, float, int] = REF_LMBDA_GRID,
                  init_beta: float = REF_INIT_BETA, init_lmbda: float = REF_INIT_LMBDA,
-                 template: int | None = None, use_views: bool = True,
+                 template: int | None = None, views: str | None = "tip",
                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.beta_grid = beta_grid
         self.lmbda_grid = lmbda_grid
         self.init_beta = init_beta
         self.init_lmbda = init_lmbda
         self.template = template
-        self.use_views = use_views
+        self.views = views
         self.device = device
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
@@ -107,7 +107,7 @@ class ProKeRHead(BaseHead):
              X_val: FeatureSet | None, y_val: np.ndarray | None) -> int:
         self.device_ = resolve_device(self.device)
         n_classes = len(text.class_names)
-        if self.use_views and X.views is not None:
+        if self.views and X.views is not None:
             views = np.asarray(X.views, dtype=np.float64)
             support, labels = views.reshape(-1, views.shape[-1]), np.repeat(y, views.shape[1])
         else:

@@ -26,7 +26,7 @@ Deviations:
   cache (``X.views * X.views_norm``). Without stored norms (an old cache) the
   normalised views are averaged; with corrected views too, since the adapter
   maps normalised embeddings. ``X.cls`` when there are no views or
-  ``use_views=False``.
+  ``views=None``.
 * The reference also prints test accuracy while searching; only validation
   rows are ever used here.
 
@@ -67,21 +67,21 @@ class TipAdapterHead(BaseHead):
 
     def __init__(self, *, init_alpha: float = REF_INIT_ALPHA, init_beta: float = REF_INIT_BETA,
                  search_scale: tuple[float, float] = REF_SEARCH_SCALE,
-                 search_step: tuple[int, int] = REF_SEARCH_STEP, use_views: bool = True,
+                 search_step: tuple[int, int] = REF_SEARCH_STEP, views: str | None = "tip",
                  search: Literal["auto", "tip", "imo"] = "auto",
                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.init_alpha = init_alpha
         self.init_beta = init_beta
         self.search_scale = search_scale
         self.search_step = search_step
-        self.use_views = use_views
+        self.views = views
         self.search = search
         self.device = device
 
     def _fit(self, X: FeatureSet, y: np.ndarray, *, text: TextContext,
              X_val: FeatureSet | None, y_val: np.ndarray | None) -> int:
         self.device_ = resolve_device(self.device)
-        self.keys_ = cache_keys(X, self.use_views)
+        self.keys_ = cache_keys(X, bool(self.views))
         self.values_ = cache_values(y, len(text.class_names))
         self.class_weights_ = text_classifier(text, None)
         self.logit_scale_ = float(text.logit_scale)

@@ -81,7 +81,7 @@ class TipAdapterFHead(TorchHead):
                  warmup_lr: float = 1e-5, patience: int = 0,
                  monitor: Literal["loss", "accuracy", "balanced_accuracy"] = "accuracy",
                  class_weight: ClassWeighting = "none", focal_gamma: float = 0.0,
-                 use_views: bool = True, seed: int = 0,
+                 views: str | None = "tip", seed: int = 0,
                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
         self.init_alpha = init_alpha
         self.init_beta = init_beta
@@ -99,7 +99,7 @@ class TipAdapterFHead(TorchHead):
         self.monitor = monitor
         self.class_weight = class_weight
         self.focal_gamma = focal_gamma
-        self.use_views = use_views
+        self.views = views
         self.seed = seed
         self.device = device
 
@@ -115,7 +115,7 @@ class TipAdapterFHead(TorchHead):
         return {} if X.corrected_views is None else {"cls": X.views, "affinity": X.corrected_views}
 
     def _build_net(self, X: FeatureSet, y: np.ndarray, text: TextContext) -> nn.Module:
-        return TipAdapterFNet(cache_keys(X, self.use_views), cache_values(y, len(text.class_names)),
+        return TipAdapterFNet(cache_keys(X, bool(self.views)), cache_values(y, len(text.class_names)),
                               text_classifier(text, None), float(text.logit_scale),
                               float(self.init_alpha), float(self.init_beta))
 

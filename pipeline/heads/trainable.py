@@ -7,7 +7,7 @@ parameters, read here by name:
 
 ``epochs, batch_size, lr, optimizer, weight_decay, warmup_epochs, warmup,
 warmup_lr, patience, monitor, class_weight, focal_gamma, seed, device`` and,
-where the head trains on the image embedding only, ``use_views``.
+where the head trains on the image embedding only, ``views`` (a view set name).
 
 Model selection: when ``X_val`` is given, the trainable parameters of the
 epoch with the best monitored validation value are restored at the end (and
@@ -81,7 +81,7 @@ class TorchHead(BaseHead):
         return {"cls": X.views} if X.views is not None else {}
 
     def _train_data(self, X: FeatureSet) -> ArrayData:
-        views = self._view_arrays(X) if getattr(self, "use_views", False) else {}
+        views = self._view_arrays(X) if getattr(self, "views", None) else {}
         return ArrayData(self._arrays(X), views)
 
     def _train_config(self) -> TrainConfig:
