@@ -3,7 +3,7 @@
     python benchmarks/extract.py --model synthclip-tiny --config-dir pipeline/model_configs --batch-size 128
     python benchmarks/extract.py --model ViT-B-32 --images 512
 
-Prints, for real JPEGs from ../shared/data/katkam_weather (or --data), one row per
+Prints, for real JPEGs from ../shared/data/katkam_weather (or --data, --photos), one row per
 decode path: ``pil`` (exact, PIL in the workers), ``pil+draft`` (``decode.draft``:
 JPEG DCT scaling) and ``torchvision`` (``decode.backend: torchvision``: batched
 decode_jpeg and resizing on the encoder's device, nvJPEG on CUDA):
@@ -38,8 +38,9 @@ from pipeline.imageio import DecodeParams
 REPO = Path(__file__).resolve().parents[1]
 
 
-def katkam_paths(data: Path, n: int) -> tuple[Path, list[str]]:
-    root = data / "katkam_weather"
+def photo_paths(data: Path, name: str, n: int) -> tuple[Path, list[str]]:
+    """The first ``n`` paths of DATA/<name>/labels.csv (katkam_weather, camvid_multilabel)."""
+    root = data / name
     with (root / "labels.csv").open() as fh:
         paths = [row["path"] for row in csv.DictReader(fh)][:n]
     if len(paths) < n:
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--photos", default="katkam_weather", help="folder of DATA with a labels.csv (path column)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -92,7 +94,7 @@ def main() -> None:
                             num_workers=args.workers)
     cfg = ExtractParams(token_blocks=tuple(args.blocks), dtype="float32",
                         rows_per_shard=args.batch_size * 4, rows_per_chunk=args.batch_size)
-    root, paths = katkam_paths(args.data, args.images)
+    root, paths = photo_paths(args.data, args.photos, args.images)
     ids = [f"r{i}" for i in range(len(paths))]
     side = max(input_size(loaded))
 
@@ -101,7 +103,7 @@ def main() -> None:
     forward = time_forward(loaded, batch, cfg.token_blocks, runtime, max(2, args.images // args.batch_size))
     with Image.open(root / paths[0]) as first:
         print(f"model {args.model} {side}px, device {device}, {args.precision}, batch {args.batch_size}, "
-              f"workers {args.workers}, torch threads {torch.get_num_threads()}, {len(paths)} katkam JPEGs "
+              f"workers {args.workers}, torch threads {torch.get_num_threads()}, {len(paths)} {args.photos} JPEGs "
               f"({first.width} x {first.height})")
     print(f"{'decode':12} {'decode img/s':>13} {'forward img/s':>14} {'stage img/s':>12} {'ratio':>6} "
           f"{'max |diff|':>10}")

@@ -45,7 +45,7 @@ def _run(script: str, micro_model: dict, data: Path, *args: str) -> str:
 
 def test_extract_benchmark_prints_throughputs_and_ratio(micro_model, katkam_like):
     out = _run("extract.py", micro_model, katkam_like, "--images", "8", "--batch-size", "4", "--blocks", "-1", "-2")
-    assert f"model {micro_model['name']} 64px" in out and "8 katkam JPEGs" in out
+    assert f"model {micro_model['name']} 64px" in out and "8 katkam_weather JPEGs" in out
     for path in ("pil", "pil+draft", "torchvision"):
         row = re.search(rf"^{re.escape(path)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M)
         assert row, out
