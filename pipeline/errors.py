@@ -9,3 +9,7 @@ Stage entry points print its message in one short line and exit non-zero
 
 class UserError(Exception):
     """Bad input; the message names the params key, file, row or cache field."""
+
+
+class ManifestError(UserError, ValueError):
+    """Bad input data; the message names the params key, file and row."""

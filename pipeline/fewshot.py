@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from pipeline.manifest import manifest_meta
+from pipeline.manifest_meta import manifest_meta
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.datasets import ManifestError, Rows, layout_of
+from pipeline.manifest_meta import META_KEY, manifest_meta, split_ids  # noqa: F401  (re-exported)
 from pipeline.imageio import PIL_MAX_PIXELS, ImageCheck, check_images, file_digests
 from pipeline.splits import SPLITS, assign_splits
 
 log = logging.getLogger(__name__)
 
-META_KEY = b"clipcache"
 # The names of pipeline.datasets.LAYOUTS (a test checks they agree).
 LayoutName = Literal["folders", "csv", "global_streetscapes", "coop_split", "voc", "coco"]
 
@@ -100,23 +100,6 @@ def build_manifest(params: DatasetParams, root: Path | None = None) -> tuple[pa.
     log.info("manifest: %d rows, %d skipped, splits %s", table.num_rows, len(skipped),
              {s: splits.count(s) for s in SPLITS})
     return table, skipped
-
-
-def manifest_meta(table: pa.Table | pa.Schema) -> dict:
-    """The metadata dict stored in a manifest's schema (tasks, classes, dataset name)."""
-    schema = table if isinstance(table, pa.Schema) else table.schema
-    raw = (schema.metadata or {}).get(META_KEY)
-    if raw is None:
-        raise ManifestError("table has no clipcache metadata: not a manifest written by the prepare stage")
-    return json.loads(raw)
-
-
-def split_ids(table: pa.Table, split: str, key: str = "split") -> set[str]:
-    """Ids of the manifest rows in ``split`` (``key`` names the param in the error)."""
-    splits = table.column("split").to_pylist()
-    if split not in splits:
-        raise ManifestError(f"{key}: no manifest row is in split '{split}' (splits: {sorted(set(splits))})")
-    return {sid for sid, s in zip(table.column("id").to_pylist(), splits) if s == split}
 
 
 def image_index(table: pa.Table, root: Path) -> pa.Table:

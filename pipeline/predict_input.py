@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.datasets.base import IMAGE_SUFFIXES
 from pipeline.errors import UserError
 from pipeline.imageio import PIL_MAX_PIXELS, check_images, file_digests
-from pipeline.manifest import META_KEY
+from pipeline.manifest_meta import META_KEY
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.cache import FeatureCache
 from pipeline.features import FeatureSet, TextContext
 from pipeline.fewshot import ALL, select, shot_label
-from pipeline.manifest import manifest_meta
+from pipeline.manifest_meta import manifest_meta
 from pipeline.modelfile import learned_attributes
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import typer
 
 from pipeline.encoders import ModelParams, RuntimeParams, load_model, resolve_device
-from pipeline.manifest import manifest_meta
+from pipeline.manifest_meta import manifest_meta
 from pipeline.params import load_section
 from pipeline.text import TextParams, write_text_cache
 from stages import expected_errors, setup_logging

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import typer
 
 from pipeline.evaluate import confusion_rows, fewshot_rows, run_reports, summary
-from pipeline.manifest import manifest_meta
+from pipeline.manifest_meta import manifest_meta
 from pipeline.files import atomic_path
 from stages import expected_errors, setup_logging
 

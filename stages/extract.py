@@ -38,7 +38,7 @@ def _run(kind: str, section: str, cfg_cls: type, index: Path, root: Path, out: P
     table = pq.read_table(index)
     ids, paths = table.column("id").to_pylist(), table.column("path").to_pylist()
     if splits is not None and getattr(cfg, "split", None) is not None:
-        from pipeline.manifest import split_ids  # only the views stages depend on it
+        from pipeline.manifest_meta import split_ids  # only the views stages depend on it
         keep = split_ids(pq.read_table(splits), cfg.split, f"{section}.split")
         paths = [p for i, p in zip(ids, paths) if i in keep]
         ids = [i for i in ids if i in keep]

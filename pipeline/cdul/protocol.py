@@ -15,7 +15,7 @@ import pyarrow as pa
 from pipeline.cdul.classifier import CdulClassifier, CdulClassifierParams
 from pipeline.cdul.similarity import CdulScores, CdulSimilarityParams, cdul_scores, pseudo_label_quality
 from pipeline.features import FeatureSet, TextContext
-from pipeline.manifest import manifest_meta
+from pipeline.manifest_meta import manifest_meta
 from pipeline.metrics import multilabel_report
 
 

@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from pipeline.errors import UserError
+from pipeline.errors import ManifestError  # noqa: F401  (re-exported: the datasets raise it)
 
 if TYPE_CHECKING:
     from pipeline.manifest import DatasetParams
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-class ManifestError(UserError, ValueError):
-    """Bad input data; the message names the params key, file and row."""
 
 
 @dataclass

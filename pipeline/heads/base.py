@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +27,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipeline.features import FeatureSet, TextContext
 from pipeline.heads.fitstats import FitMonitor
+from pipeline.torch_env import resolve_device, seeded  # noqa: F401  (the heads import them from here)
 
 logger = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class BaseHead(ClassifierMixin, BaseEstimator):
@@ -107,27 +105,6 @@ def check_features(X: FeatureSet, text: TextContext, name: str) -> None:
     dim = text.class_emb.shape[1]
     if X.cls.ndim != 2 or X.cls.shape[1] != dim:
         raise ValueError(f"{name}.cls must be [N, {dim}] to match text.class_emb, got {X.cls.shape}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one fails."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(device)
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[np.random.Generator]:
-    """Seed torch inside a forked RNG state (the caller's global state is left
-    untouched) and yield a numpy Generator for data order."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield np.random.default_rng(seed)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ class OverlapParams:
 
 def generic_labels(manifest: pa.Table, task: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, class index) of the rows of ``ids`` labelled for ``task`` in the generic manifest."""
-    from pipeline.manifest import manifest_meta
+    from pipeline.manifest_meta import manifest_meta
 
     tasks = manifest_meta(manifest)["tasks"]
     if task not in tasks or tasks[task]["type"] != "single":

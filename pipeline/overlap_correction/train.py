@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.heads.base import resolve_device, seeded
+from pipeline.torch_env import resolve_device, seeded
 from pipeline.overlap_correction.fitted import FittedAdapter, ids_digest, sorted_ids
 from pipeline.overlap_correction.losses import dino_loss, supcon_loss, update_center
 from pipeline.overlap_correction.model import DinoHead, OverlapAdapter

@@ -85,7 +85,7 @@ def cache_identity(cache_path: Path | str | None) -> dict[str, Any] | None:
 
 def single_label_splits(manifest_path: Path | str, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{task: (ids, labels)} of the labelled rows of ``split`` for every single-label task of a manifest."""
-    from pipeline.manifest import manifest_meta
+    from pipeline.manifest_meta import manifest_meta
 
     table = pq.read_table(manifest_path)
     tasks = manifest_meta(table)["tasks"]
