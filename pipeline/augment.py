@@ -131,9 +131,16 @@ def augmented_view(img: Image.Image, size: tuple[int, int], spec: ViewSpec, samp
     return out
 
 
+def grid_boxes(width: int, height: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of the g x g tiles of an image, row-major, edges split as evenly as integers allow."""
+    xs = [round(j * width / grid) for j in range(grid + 1)]
+    ys = [round(i * height / grid) for i in range(grid + 1)]
+    return [(xs[j], ys[i], xs[j + 1], ys[i + 1]) for i in range(grid) for j in range(grid)]
+
+
 def smallest_crop_fraction(spec: ViewSpec) -> float:
     """A lower bound on a crop's shorter side as a fraction of the image's shorter side."""
     return math.sqrt(spec.scale[0] * min(spec.ratio[0], 1 / spec.ratio[1]))
 
 
-__all__ = ["ViewSpec", "ViewsParams", "view_rng", "crop_box", "augmented_view", "smallest_crop_fraction"]
+__all__ = ["ViewSpec", "ViewsParams", "view_rng", "crop_box", "augmented_view", "grid_boxes", "smallest_crop_fraction"]

@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from pipeline.augment import ViewSpec, crop_box, view_rng
+from pipeline.augment import ViewSpec, crop_box, grid_boxes, view_rng
 from pipeline.errors import UserError
 from pipeline.imageio import DecodeParams, ImageDecodeError, decode_rgb
 
@@ -172,11 +172,8 @@ class DeviceFinisher:
 
 
 def grid_crops(x: torch.Tensor, grid: int) -> list[torch.Tensor]:
-    """The g x g crops of [C, H, W] in row-major order, with :func:`pipeline.extract.grid_crops`' edges."""
-    h, w = x.shape[-2:]
-    xs = [round(j * w / grid) for j in range(grid + 1)]
-    ys = [round(i * h / grid) for i in range(grid + 1)]
-    return [x[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]] for i in range(grid) for j in range(grid)]
+    """The g x g crops of [C, H, W] in row-major order (:func:`pipeline.augment.grid_boxes`)."""
+    return [x[:, y0:y1, x0:x1] for x0, y0, x1, y1 in grid_boxes(x.shape[-1], x.shape[-2], grid)]
 
 
 __all__ = ["RawImage", "RawRows", "DeviceFinisher", "collate", "decode_batch", "orient", "grid_crops"]

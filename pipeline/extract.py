@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.augment import ViewSpec, ViewsParams, augmented_view, smallest_crop_fraction
+from pipeline.augment import ViewSpec, ViewsParams, augmented_view, grid_boxes, smallest_crop_fraction
 from pipeline.cache import ArraySpec, CacheWriter
 from pipeline.device_decode import DeviceFinisher, RawRows
 from pipeline.device_decode import collate as collate_raw
@@ -120,11 +120,8 @@ class ViewRows(ImageRows):
 
 
 def grid_crops(img, grid: int) -> list:
-    """The g x g crops of a PIL image in row-major order (edges split as evenly as integers allow)."""
-    w, h = img.size
-    xs = [round(j * w / grid) for j in range(grid + 1)]
-    ys = [round(i * h / grid) for i in range(grid + 1)]
-    return [img.crop((xs[j], ys[i], xs[j + 1], ys[i + 1])) for i in range(grid) for j in range(grid)]
+    """The g x g crops of a PIL image in row-major order (:func:`pipeline.augment.grid_boxes`)."""
+    return [img.crop(box) for box in grid_boxes(*img.size, grid)]
 
 
 class ShardBatches(Sampler[list[int]]):
@@ -216,29 +213,33 @@ def input_size(loaded: LoadedModel) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def pil_rows(kind: str, loaded: LoadedModel, cfg: ExtractParams | TilesParams | ViewsParams, ids: list[str],
+             paths: list[str], root: Path, decode: DecodeParams, spec: ViewSpec | None) -> ImageRows:
+    """The PIL-backend dataset of one cache kind, asking ``decode.draft`` for the pixels its resize needs."""
+    side = max(input_size(loaded))
+    if kind == "images":
+        return ImageRows(root, paths, loaded.preprocess, decode, min_side=side)
+    if kind == "tiles":  # each of the g x g tiles is resized to the model's input on its own
+        return TileRows(root, paths, loaded.preprocess, cfg.grid, decode, min_side=side * cfg.grid)  # type: ignore[union-attr]
+    return ViewRows(root, paths, ids, loaded.preprocess, input_size(loaded), spec, decode,  # type: ignore[arg-type]
+                    min_side=math.ceil(side / smallest_crop_fraction(spec)))  # type: ignore[arg-type]
+
+
 def extract(kind: Literal["images", "tiles", "views"], loaded: LoadedModel,
             cfg: ExtractParams | TilesParams | ViewsParams, runtime: RuntimeParams,
             ids: list[str], paths: list[str], root: Path, out: Path, decode: DecodeParams = DecodeParams()) -> int:
     """Fill cache ``out`` with image, tile or view features of ``paths``; return shards written by this rank."""
-    side = max(input_size(loaded))
+    spec = cfg.spec() if kind == "views" else None  # type: ignore[union-attr]
     if kind == "images":
-        dataset: Dataset = ImageRows(root, paths, loaded.preprocess, decode, min_side=side)
         encode = image_encoder(loaded, cfg.token_blocks)  # type: ignore[union-attr]
-    elif kind == "tiles":
-        # each of the g x g tiles is resized to the model's input on its own
-        dataset = TileRows(root, paths, loaded.preprocess, cfg.grid, decode,  # type: ignore[union-attr]
-                           min_side=side * cfg.grid)  # type: ignore[union-attr]
-        encode = stacked_encoder(loaded, "tiles")
     else:
-        spec = cfg.spec()  # type: ignore[union-attr]
-        dataset = ViewRows(root, paths, ids, loaded.preprocess, input_size(loaded), spec, decode,
-                           min_side=math.ceil(side / smallest_crop_fraction(spec)))
-        encode = stacked_encoder(loaded, "views", cfg.token_blocks)  # type: ignore[union-attr]
+        encode = stacked_encoder(loaded, kind, getattr(cfg, "token_blocks", ()))
     finish: Finisher | None = None
     if decode.backend == "torchvision":
-        dataset = RawRows(root, paths, ids, decode)
-        finish = DeviceFinisher(kind, loaded.identity, loaded.device, grid=getattr(cfg, "grid", 0),
-                                spec=cfg.spec() if kind == "views" else None)  # type: ignore[union-attr]
+        dataset: Dataset = RawRows(root, paths, ids, decode)
+        finish = DeviceFinisher(kind, loaded.identity, loaded.device, grid=getattr(cfg, "grid", 0), spec=spec)
+    else:
+        dataset = pil_rows(kind, loaded, cfg, ids, paths, root, decode, spec)
     sample = finish([dataset[0]])[0] if finish is not None else dataset[0]
     identity = {**loaded.identity, **decode_identity(decode), "kind": kind, "precision": runtime.precision,
                 **as_dict(cfg)}

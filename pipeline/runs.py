@@ -59,9 +59,7 @@ class TaskData:
         features = self.features.take(rows)
         if self.views is None:
             return features
-        views = self.views.read("views", features.ids)
-        norms = self.views.read("views_norm", features.ids) if "views_norm" in self.views.arrays() else None
-        tokens = {b: self.views.read(f"views_{b}", features.ids) for b in self._view_blocks()}
+        views, norms, tokens = self._cached_views(features.ids)
         return replace(features, views=views, views_norm=norms, view_tokens=tokens,
                        corrected_views=self.transform(views) if self.transform else None)
 
@@ -75,8 +73,8 @@ class TaskData:
         have = np.array([sid in cached for sid in features.ids], dtype=bool)
         if have.all():
             return self.train_features(rows)
-        some = self.train_features(rows[have]) if have.any() else None
-        n_views = some.views.shape[1] if some is not None else 1
+        some_views, some_norms, some_tokens = self._cached_views(features.ids[have]) if have.any() else (None, None, {})
+        n_views = some_views.shape[1] if some_views is not None else 1
 
         def filled(own: np.ndarray | None, cached_part: np.ndarray | None) -> np.ndarray | None:
             if own is None:
@@ -86,14 +84,20 @@ class TaskData:
                 out[have] = cached_part
             return out
 
-        views = filled(features.cls, None if some is None else some.views)
+        views = filled(features.cls, some_views)
         norms = None  # a cache made before the norms were stored has none for its views
-        if some is None or some.views_norm is not None:
-            norms = filled(features.cls_norm, None if some is None else some.views_norm)
-        tokens = {b: filled(features.tokens[b], None if some is None else some.view_tokens[b])
-                  for b in self._view_blocks()}
+        if some_views is None or some_norms is not None:
+            norms = filled(features.cls_norm, some_norms)
+        tokens = {b: filled(features.tokens[b], some_tokens.get(b)) for b in self._view_blocks()}
         return replace(features, views=views, views_norm=norms, view_tokens=tokens,
                        corrected_views=self.transform(views) if self.transform else None)
+
+    def _cached_views(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """(views, their norms or None for an old cache, per-view tokens by block) of ``ids``, read by id."""
+        assert self.views is not None
+        norms = self.views.read("views_norm", ids) if "views_norm" in self.views.arrays() else None
+        tokens = {b: self.views.read(f"views_{b}", ids) for b in self._view_blocks()}
+        return self.views.read("views", ids), norms, tokens
 
     def _view_blocks(self) -> list[str]:
         """Token blocks the head reads that the view set stores per view too."""
