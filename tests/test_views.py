@@ -89,11 +89,31 @@ def test_views_cache_holds_each_rows_augmented_views(micro_model, rows, tmp_path
     # Another batch size gives the same views: they depend on (seed, id, view) only. The model's
     # inputs are compared exactly; the embeddings only to float tolerance, since a matrix
     # product's rounding depends on the batch shape (BLAS blocking).
-    other = RuntimeParams(device="cpu", precision="fp32", batch_size=5, num_workers=0)
+    other = RuntimeParams(device="cpu", precision="fp32", batch_size=9, num_workers=0)  # 3 rows, not 1
     extract("views", loaded, CFG, other, ids, paths, root, tmp_path / "again.zarr")
     again = FeatureCache(tmp_path / "again.zarr")
     assert list(again.ids) == list(cache.ids)
     np.testing.assert_allclose(again.read("views"), cache.read("views"), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["views", "tiles"])
+def test_a_forward_pass_holds_batch_size_images_not_rows(kind, micro_model, rows, tmp_path, monkeypatch):
+    """runtime.batch_size counts images: a views row is n images, a tiles row 1 + g*g."""
+    import pipeline.extract as extract_module
+    from pipeline.extract import TilesParams
+
+    seen: list[int] = []
+    real = extract_module.encode_images
+    monkeypatch.setattr(extract_module, "encode_images", lambda m, x, b: seen.append(len(x)) or real(m, x, b))
+    loaded = load_model(ModelParams(**micro_model))
+    ids, paths, root = rows
+    cfg = CFG if kind == "views" else TilesParams(grid=2, dtype="float32", rows_per_shard=8, rows_per_chunk=4)
+    per_row = 3 if kind == "views" else 5
+    runtime = RuntimeParams(device="cpu", precision="fp32", batch_size=2 * per_row + 1, num_workers=0)
+    extract(kind, loaded, cfg, runtime, ids, paths, root, tmp_path / f"{kind}.zarr")
+    passes = seen[1:]  # the first is the one-sample probe of the array shapes
+    assert passes and max(passes) == 2 * per_row, passes
+    assert sum(passes) == len(ids) * per_row
 
 
 def test_views_can_keep_each_views_tokens(micro_model, rows, tmp_path):
