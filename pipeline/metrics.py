@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
+
+# Single-label metrics are computed here from the confusion matrix, with scikit-learn's
+# conventions (tests/test_metrics.py checks them against sklearn): importing sklearn.metrics
+# takes 1.5 s, which each of the fifteen evaluate@ stages paid for a few divisions.
+# The multi-label functions import it where they run.
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +60,18 @@ def _label_order(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[s
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """[C, C] confusion matrix (rows true, columns predicted) in ``class_names`` order."""
-    labels = _label_order(np.asarray(y_true), np.asarray(y_pred), class_names)
-    return confusion_matrix(y_true, y_pred, labels=labels)
+    y_true, y_pred = np.ravel(y_true), np.ravel(y_pred)
+    labels = _label_order(y_true, y_pred, class_names)
+    index = {label: i for i, label in enumerate(labels.tolist())}
+    out = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(out, ([index[v] for v in y_true.tolist()], [index[v] for v in y_pred.tolist()]), 1)
+    return out
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den is 0 (sklearn's ``zero_division=0``)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
 
 
 def single_label_report(
@@ -89,22 +95,21 @@ def single_label_report(
     y_pred = np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equal 1-d shapes")
-    labels = _label_order(y_true, y_pred, class_names)
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    with warnings.catch_warnings():
-        # sklearn warns when y_pred holds classes missing from y_true; the
-        # documented convention above already covers that case.
-        warnings.simplefilter("ignore", UserWarning)
-        bal = balanced_accuracy_score(y_true, y_pred)
-        bal_adj = balanced_accuracy_score(y_true, y_pred, adjusted=True)
+    cm = confusion(y_true, y_pred, class_names)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    prec, rec = _divide(tp, predicted), _divide(tp, support)
+    f1 = _divide(2.0 * tp, support + predicted)  # sklearn's form: 2tp / (2tp + fp + fn)
+    seen = (support + predicted) > 0   # macro / weighted F1: classes in y_true or y_pred
+    in_true = support > 0              # balanced accuracy: classes in y_true
+    bal = float(np.mean(rec[in_true])) if in_true.any() else math.nan
+    chance = 1.0 / max(int(in_true.sum()), 1)  # adjusted: undefined (NaN) with one class in y_true
+    weighted = float(np.average(f1[seen], weights=support[seen])) if support[seen].sum() else 0.0
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
-        "balanced_accuracy": float(bal),
-        "balanced_accuracy_adjusted": float(bal_adj),
+        "accuracy": float(np.mean(y_true == y_pred)) if y_true.size else math.nan,
+        "macro_f1": float(np.mean(f1[seen])) if seen.any() else 0.0,
+        "weighted_f1": weighted,
+        "balanced_accuracy": bal,
+        "balanced_accuracy_adjusted": (bal - chance) / (1.0 - chance) if chance < 1.0 else math.nan,
         "per_class": {
             str(name): {
                 "precision": float(prec[i]),
@@ -143,6 +148,8 @@ def average_precision_per_class(y_true: np.ndarray, scores: np.ndarray) -> np.nd
     AP is undefined without positives (sklearn would warn and return a
     meaningless value), so those classes are NaN and left out of the mAP.
     """
+    from sklearn.metrics import average_precision_score
+
     y_true, scores = _check_multilabel(y_true, scores)
     ap = np.full(y_true.shape[1], np.nan)
     for c in np.flatnonzero(positive_classes(y_true)):
@@ -183,6 +190,8 @@ def multilabel_f1(
     positive), so a class that never occurs in this split neither scores 0
     nor counts; its false positives still lower micro F1.
     """
+    from sklearn.metrics import f1_score
+
     y_true, scores = _check_multilabel(y_true, scores)
     y_pred = (scores >= threshold).astype(np.int64)
     present = np.flatnonzero(positive_classes(y_true))
