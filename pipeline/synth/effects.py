@@ -207,5 +207,7 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
         pad[axis] = (radius, radius)
         padded = np.pad(img, pad, mode="edge")
         n = img.shape[axis]
-        img = sum(w * np.take(padded, np.arange(i, i + n), axis=axis) for i, w in enumerate(k))
+        window = [slice(None)] * img.ndim  # a view per tap: np.take would copy each one
+        img = sum(w * padded[tuple(window[:axis] + [slice(i, i + n)] + window[axis + 1:])]
+                  for i, w in enumerate(k))
     return img.astype(np.float32)
