@@ -62,6 +62,7 @@ class RuntimeParams:
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = 64
     num_workers: int = 2
+    fit_jobs: int | Literal["auto"] = "auto"  # train stages: processes fitting draws side by side (CPU)
 
 
 @dataclass

@@ -224,12 +224,18 @@ def pinned_params(head: Any) -> dict[str, Any]:
     return pins
 
 
-def fit_final(head: Any, data: TaskData, selected: Any) -> Any:
-    """Fit ``head`` on every labelled train and val row with what ``selected``'s validation chose (no validation)."""
-    rows = np.flatnonzero(np.isin(data.split, ("train", "val")))
+def final_pins(selected: Any) -> dict[str, Any]:
+    """What the final refit takes from ``selected``: :func:`pinned_params`, and its seed if it has one."""
     pins = pinned_params(selected)
-    if "seed" in head.get_params():
+    if "seed" in selected.get_params():
         pins = {"seed": selected.get_params()["seed"], **pins}
+    return pins
+
+
+def fit_final(head: Any, data: TaskData, pins: dict[str, Any]) -> Any:
+    """Fit ``head`` on every labelled train and val row with validation's choices ``pins``
+    (:func:`final_pins` of the selected draw's head), without validation rows."""
+    rows = np.flatnonzero(np.isin(data.split, ("train", "val")))
     head.set_params(**pins)
     head.fit(data.final_features(rows), data.labels[rows], text=data.text)
     log.info("%s final fit on %d train+val rows of '%s', pinned %s", type(head).__name__, len(rows), data.name, pins)

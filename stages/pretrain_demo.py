@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-# Before torch loads OpenMP: idle worker threads sleep instead of spinning. Alone this
-# costs ~10% per step; when another stage shares the 2 cores, spinning threads of both
-# processes made each step ~10x slower (measured). Set OMP_WAIT_POLICY explicitly to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import typer
 
-import typer  # noqa: E402
-
-from pipeline.params import load_section  # noqa: E402
-from pipeline.pretrain import PretrainParams, run  # noqa: E402
-from stages import expected_errors, setup_logging  # noqa: E402
+from pipeline.params import load_section
+from pipeline.pretrain import PretrainParams, run
+from stages import expected_errors, setup_logging  # stages/__init__ sets OMP_WAIT_POLICY first
 
 
 def main(

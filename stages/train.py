@@ -19,8 +19,10 @@ from pipeline.heads import make_head
 from pipeline.heads.base import final_fit_wanted
 from pipeline.imageio import expected_decode
 from pipeline.modelfile import encoder_identity, save_head, text_identity
-from pipeline.runs import (FINAL, TrainParams, accepts_feature_correction, final_shots, fit_and_predict, fit_final,
-                           load_task, needs_text_tower, pinned_params, token_blocks_of, view_set_of, write_predictions)
+from pipeline.fit_pool import map_fits, one_thread_per_fit, resolve_jobs
+from pipeline.runs import (FINAL, TrainParams, accepts_feature_correction, final_pins, final_shots, fit_and_predict,
+                           fit_final, load_task, needs_text_tower, pinned_params, token_blocks_of, view_set_of,
+                           write_predictions)
 from pipeline.text import read_text
 from pipeline.files import atomic_path
 from pipeline.errors import UserError
@@ -39,9 +41,8 @@ def main(
     params: Path = typer.Option(Path("params.yaml"), help="params file"),
 ) -> None:
     setup_logging()
-    # Heads are small: on CPU, one thread avoids OpenMP sync costs that dominate tiny matmuls.
     if not torch.cuda.is_available():
-        torch.set_num_threads(1)
+        one_thread_per_fit()  # in this process and in every fit worker (pipeline.fit_pool)
     train = load_section(TrainParams, "train", params)
     model_params = load_section(ModelParams, "model", params)
     head_params = read_params(params).get("heads", {}).get(head)
@@ -58,35 +59,51 @@ def main(
         from pipeline.overlap_correction.artifact import load_correction  # only train_oc depends on it
         transform = load_correction(overlap_adapter, expect=expect)
     table, draws = pq.read_table(manifest), pq.read_table(fewshot)
+    runtime = load_section(RuntimeParams, "runtime", params)
     tower = None
     if needs_text_tower(prototype):
-        tower = load_model(model_params, resolve_device(load_section(RuntimeParams, "runtime", params).device))
-    predictions, stats = [], []
-    chosen = final_shots(train.shots) if train.shots else None
+        tower = load_model(model_params, resolve_device(runtime.device))
+    tasks = {}
     for task in train.tasks:
         ctx = read_text(text, task, expect=expect)
         if tower is not None:
             ctx = type(ctx)(**{**ctx.__dict__, "model": tower.model, "tokenizer": tower.tokenizer})
         data = load_task(task, table, cache, ctx, token_blocks_of(prototype), view_cache, transform)
-        info = {"task": task, "classes": list(data.classes), "text": text_identity(ctx),
-                "encoder": encoder_identity(cache.identity), "token_blocks": list(token_blocks_of(prototype)),
-                "feature_correction": None if overlap_adapter is None else str(overlap_adapter)}
-        selected = None
-        for shots in train.shots:
-            for seed in train.seeds:
-                fitted, preds = fit_and_predict(make_head(head, head_params or {}, shots, task), data, draws, shots, seed)
-                predictions.append(preds)
-                stats.append({"task": task, "shots": str(shots), "seed": seed, **fitted.fit_stats_,
-                              "selects_on_validation": bool(fitted.selects_on_validation)})
-                save_head(fitted, out_dir / "models" / f"{task}-{shots}-{seed}", name=head,
-                          shots=str(shots), seed=seed, **info)
-                if selected is None and str(shots) == str(chosen):
-                    selected = fitted
-        if selected is not None and final_fit_wanted(head, head_params):
-            # the head to label new images with: all labelled rows, validation's choices
-            final = fit_final(make_head(head, head_params or {}, chosen, task), data, selected)
-            save_head(final, out_dir / FINAL / task, name=head, shots=FINAL, seed=None, **info,
-                      selected_on={"shots": str(chosen), "seed": train.seeds[0], "pinned": pinned_params(selected)})
+        tasks[task] = data, {"task": task, "classes": list(data.classes), "text": text_identity(ctx),
+                             "encoder": encoder_identity(cache.identity),
+                             "token_blocks": list(token_blocks_of(prototype)),
+                             "feature_correction": None if overlap_adapter is None else str(overlap_adapter)}
+
+    chosen = final_shots(train.shots) if train.shots else None
+
+    def fit_draw(job: tuple[str, int | str, int]) -> tuple:
+        task, shots, seed = job
+        data, info = tasks[task]
+        fitted, preds = fit_and_predict(make_head(head, head_params or {}, shots, task), data, draws, shots, seed)
+        save_head(fitted, out_dir / "models" / f"{task}-{shots}-{seed}", name=head,
+                  shots=str(shots), seed=seed, **info)
+        stats = {"task": task, "shots": str(shots), "seed": seed, **fitted.fit_stats_,
+                 "selects_on_validation": bool(fitted.selects_on_validation)}
+        return preds, stats, (pinned_params(fitted), final_pins(fitted))
+
+    def fit_task_final(task: str) -> None:
+        # the head to label new images with: all labelled rows, validation's choices
+        data, info = tasks[task]
+        final = fit_final(make_head(head, head_params or {}, chosen, task), data, selected[task][1])
+        save_head(final, out_dir / FINAL / task, name=head, shots=FINAL, seed=None, **info,
+                  selected_on={"shots": str(chosen), "seed": train.seeds[0], "pinned": selected[task][0]})
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    jobs = [(task, shots, seed) for task in train.tasks for shots in train.shots for seed in train.seeds]
+    results = map_fits(fit_draw, jobs, resolve_jobs(runtime.fit_jobs, len(jobs), device_type))
+    predictions, stats = [r[0] for r in results], [r[1] for r in results]
+    selected = {}  # task -> pins of its first draw at the chosen shot count (first seed)
+    for (task, shots, _), result in zip(jobs, results):
+        if str(shots) == str(chosen):
+            selected.setdefault(task, result[2])
+    if final_fit_wanted(head, head_params):
+        finals = [task for task in train.tasks if task in selected]
+        map_fits(fit_task_final, finals, resolve_jobs(runtime.fit_jobs, len(finals), device_type))
     write_predictions(predictions, out_dir / "predictions.parquet")
     with atomic_path(out_dir / "fit_stats.json") as tmp:
         tmp.write_text(json.dumps(stats, indent=1))
