@@ -34,7 +34,7 @@ class TrainingRoute:
     * the fixed caption batch is cut after its last end-of-text token: with the
       causal mask, later (padding) positions never reach the pooled token, so
       their gradients were exact zeros anyway;
-    * the token embedding (49408 x 128, 6.3M of the 8.9M parameters) is swapped
+    * the token embedding (49408 x 128, 6.3M of the 8.3M parameters) is swapped
       for the rows the captions use. The other rows get no gradient, so AdamW's
       moments stay 0 and its update of them is the decoupled weight decay alone,
       ``p *= 1 - lr * wd``, which :meth:`decay_unused_rows` applies to them (the
